@@ -1,0 +1,142 @@
+"""Frozen configuration dataclasses with validation.
+
+Library code takes these (or explicit arguments); only `cli.py` reads flags and builds them.
+Every `validate()` raises `ValueError` with a one-line message naming the bad field.
+"""
+
+import dataclasses
+
+REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
+TORSOS = ('deep', 'shallow', 'mlp')
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f'{name} must be > 0, got {value!r}')
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f'{name} must be >= 0, got {value!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentConfig:
+    """How environments are built (all suites).
+
+    Attributes:
+      width, height: DeepMind Lab frame size in pixels.
+      num_action_repeats: environment frames per agent step.
+      dataset_path: DeepMind Lab `datasetPath` (psychlab levels).
+      level_cache_dir: optional DeepMind Lab level cache directory.
+      atari_frame_size: side of the square grayscale Atari frame.
+      atari_frame_stack: number of stacked Atari frames.
+      atari_noop_max: up to this many no-ops at the start of an Atari episode.
+      atari_sticky_action_prob: ALE `repeat_action_probability` (0 = IMPALA; 0.25 = Machado).
+      atari_max_episode_frames: cap on an Atari episode's length, in frames.
+      atari_terminal_on_life_loss: end training episodes on life loss (never in test mode).
+      atari_full_action_space: use all 18 actions for every game.
+    """
+
+    width: int = 96
+    height: int = 72
+    num_action_repeats: int = 4
+    dataset_path: str = ''
+    level_cache_dir: str | None = None
+    atari_frame_size: int = 84
+    atari_frame_stack: int = 4
+    atari_noop_max: int = 30
+    atari_sticky_action_prob: float = 0.0
+    atari_max_episode_frames: int = 108_000
+    atari_terminal_on_life_loss: bool = True
+    atari_full_action_space: bool = True
+
+    def validate(self) -> 'EnvironmentConfig':
+        _positive('width', self.width)
+        _positive('height', self.height)
+        _positive('num_action_repeats', self.num_action_repeats)
+        _positive('atari_frame_size', self.atari_frame_size)
+        _positive('atari_frame_stack', self.atari_frame_stack)
+        _non_negative('atari_noop_max', self.atari_noop_max)
+        _positive('atari_max_episode_frames', self.atari_max_episode_frames)
+        if not 0.0 <= self.atari_sticky_action_prob < 1.0:
+            raise ValueError(
+                f'atari_sticky_action_prob must be in [0, 1), got {self.atari_sticky_action_prob!r}'
+            )
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """The agent's architecture.
+
+    Attributes:
+      num_actions: size of the discrete action set (from the environment).
+      torso: 'deep' (ResNet, the original default), 'shallow' (the paper's) or 'mlp'.
+      core_size: LSTM units.
+      use_instruction: whether to encode the instruction (DeepMind Lab only).
+    """
+
+    num_actions: int
+    torso: str = 'deep'
+    core_size: int = 256
+    use_instruction: bool = False
+
+    def validate(self) -> 'AgentConfig':
+        _positive('num_actions', self.num_actions)
+        _positive('core_size', self.core_size)
+        if self.torso not in TORSOS:
+            raise ValueError(f'torso must be one of {TORSOS}, got {self.torso!r}')
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """Loss, optimizer and batch settings (the original's defaults).
+
+    Attributes:
+      batch_size: unrolls per learner step.
+      unroll_length: T, agent steps per unroll.
+      num_action_repeats: frames per agent step, for the frame counter.
+      total_environment_frames: frames to train for; the learning rate reaches 0 there.
+      entropy_cost, baseline_cost: loss weights.
+      discounting: per-step discount.
+      reward_clipping: 'abs_one' or 'soft_asymmetric'.
+      learning_rate, decay, momentum, epsilon: RMSProp (TF1 semantics).
+      use_xla: compile the train step with XLA where TF allows.
+    """
+
+    batch_size: int = 2
+    unroll_length: int = 100
+    num_action_repeats: int = 4
+    total_environment_frames: int = int(1e9)
+    entropy_cost: float = 0.00025
+    baseline_cost: float = 0.5
+    discounting: float = 0.99
+    reward_clipping: str = 'abs_one'
+    learning_rate: float = 0.00048
+    decay: float = 0.99
+    momentum: float = 0.0
+    epsilon: float = 0.1
+    use_xla: bool = True
+
+    def validate(self) -> 'LearnerConfig':
+        _positive('batch_size', self.batch_size)
+        _positive('unroll_length', self.unroll_length)
+        _positive('num_action_repeats', self.num_action_repeats)
+        _positive('total_environment_frames', self.total_environment_frames)
+        _non_negative('entropy_cost', self.entropy_cost)
+        _non_negative('baseline_cost', self.baseline_cost)
+        _positive('learning_rate', self.learning_rate)
+        _positive('epsilon', self.epsilon)
+        _non_negative('momentum', self.momentum)
+        if not 0.0 <= self.discounting <= 1.0:
+            raise ValueError(f'discounting must be in [0, 1], got {self.discounting!r}')
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f'decay must be in [0, 1), got {self.decay!r}')
+        if self.reward_clipping not in REWARD_CLIPPING_MODES:
+            raise ValueError(
+                f'reward_clipping must be one of {REWARD_CLIPPING_MODES}, '
+                f'got {self.reward_clipping!r}'
+            )
+        return self

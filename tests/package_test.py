@@ -1,0 +1,75 @@
+"""Package-wide rules: flags are read by the CLI alone; configs validate."""
+
+import ast
+import pathlib
+
+import pytest
+
+from scalable_agent2 import config
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'scalable_agent2'
+
+
+def _imports_absl_flags(path: pathlib.Path) -> bool:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == 'absl':
+            if any(alias.name == 'flags' for alias in node.names):
+                return True
+        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('absl.flags'):
+            return True
+        if isinstance(node, ast.Import):
+            if any(alias.name.startswith('absl.flags') for alias in node.names):
+                return True
+    return False
+
+
+def test_only_cli_imports_absl_flags():
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob('*.py')
+        if p.name != 'cli.py' and _imports_absl_flags(p)
+    ]
+    assert offenders == []
+
+
+def test_flag_detector_detects(tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text('from absl import flags\n')
+    assert _imports_absl_flags(bad)
+    good = tmp_path / 'good.py'
+    good.write_text('from absl import logging\n')
+    assert not _imports_absl_flags(good)
+
+
+def test_learner_config_defaults_are_the_originals():
+    c = config.LearnerConfig().validate()
+    assert (c.batch_size, c.unroll_length, c.num_action_repeats) == (2, 100, 4)
+    assert (c.entropy_cost, c.baseline_cost, c.discounting) == (0.00025, 0.5, 0.99)
+    assert (c.learning_rate, c.decay, c.momentum, c.epsilon) == (0.00048, 0.99, 0.0, 0.1)
+    assert c.total_environment_frames == 10**9
+    assert c.reward_clipping == 'abs_one'
+
+
+@pytest.mark.parametrize(
+    'kwargs, field',
+    [
+        ({'batch_size': 0}, 'batch_size'),
+        ({'learning_rate': -1.0}, 'learning_rate'),
+        ({'reward_clipping': 'nope'}, 'reward_clipping'),
+        ({'discounting': 1.5}, 'discounting'),
+    ],
+)
+def test_learner_config_rejects_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        config.LearnerConfig(**kwargs).validate()
+
+
+def test_agent_and_environment_config_validate():
+    with pytest.raises(ValueError, match='torso'):
+        config.AgentConfig(num_actions=4, torso='wide').validate()
+    with pytest.raises(ValueError, match='num_actions'):
+        config.AgentConfig(num_actions=0).validate()
+    with pytest.raises(ValueError, match='sticky'):
+        config.EnvironmentConfig(atari_sticky_action_prob=1.0).validate()
+    assert config.EnvironmentConfig().validate().width == 96
