@@ -11,7 +11,7 @@ class StepOutputInfo(NamedTuple):
 
     Attributes:
       episode_return: float32, sum of unclipped rewards so far in the episode.
-      episode_step: int32, environment frames so far in the episode (action repeats counted).
+      episode_step: int32, agent steps so far in the episode (frames = steps x action repeats).
     """
 
     episode_return: Any
