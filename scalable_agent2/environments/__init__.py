@@ -1,0 +1,1 @@
+"""Environment suites (DeepMind Lab, Atari, Gymnasium) behind one interface."""

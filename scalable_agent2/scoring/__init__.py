@@ -1,0 +1,1 @@
+"""Human-normalised scores for DMLab-30 and Atari-57."""
