@@ -114,26 +114,19 @@ def from_logits(
         _check_rank('target_policy_logits', target_policy_logits, rank, 'behaviour_policy_logits')
         _check_rank('actions', actions, rank - 1, 'behaviour_policy_logits without its last axis')
 
-    target_action_log_probs = log_probs_from_logits_and_actions(target_policy_logits, actions)
-    behaviour_action_log_probs = log_probs_from_logits_and_actions(behaviour_policy_logits, actions)
-    log_rhos = target_action_log_probs - behaviour_action_log_probs
-    vtrace_returns = from_importance_weights(
-        log_rhos=log_rhos,
-        discounts=discounts,
-        rewards=rewards,
-        values=values,
-        bootstrap_value=bootstrap_value,
-        clip_rho_threshold=clip_rho_threshold,
-        clip_pg_rho_threshold=clip_pg_rho_threshold,
-        use_xla=use_xla,
+    discounts, rewards, values, bootstrap_value = _checked_vtrace_inputs(
+        discounts, rewards, values, bootstrap_value, like=actions, like_name='actions'
     )
-    return VTraceFromLogitsReturns(
-        vs=vtrace_returns.vs,
-        pg_advantages=vtrace_returns.pg_advantages,
-        log_rhos=log_rhos,
-        behaviour_action_log_probs=behaviour_action_log_probs,
-        target_action_log_probs=target_action_log_probs,
+    clip_rho_threshold, clip_pg_rho_threshold = _checked_thresholds(
+        clip_rho_threshold, clip_pg_rho_threshold
     )
+    args = (behaviour_policy_logits, target_policy_logits, actions, discounts, rewards, values)
+    args += (bootstrap_value, clip_rho_threshold, clip_pg_rho_threshold)
+    if use_xla:
+        outputs = _from_logits_xla_differentiable(*args)
+    else:
+        outputs = _from_logits_core(*args, vtrace_fn=_vtrace_graph)
+    return VTraceFromLogitsReturns(*outputs)
 
 
 def from_importance_weights(
@@ -162,37 +155,112 @@ def from_importance_weights(
       `VTraceReturns` with `stop_gradient` applied to both fields.
     """
     log_rhos = tf.convert_to_tensor(log_rhos, dtype=tf.float32)
+    rank = log_rhos.shape.rank
+    if rank is not None and rank < 2:
+        raise ValueError(f'log_rhos must have rank >= 2 ([T, B, ...]), got rank {rank}')
+    discounts, rewards, values, bootstrap_value = _checked_vtrace_inputs(
+        discounts, rewards, values, bootstrap_value, like=log_rhos, like_name='log_rhos'
+    )
+    clip_rho_threshold, clip_pg_rho_threshold = _checked_thresholds(
+        clip_rho_threshold, clip_pg_rho_threshold
+    )
+    fn = _vtrace_xla if use_xla else _vtrace_graph
+    # The targets carry no gradient; cutting it at the inputs also keeps autodiff from tracing
+    # a backward pass through the compiled recursion.
+    vs, pg_advantages = fn(
+        *(tf.stop_gradient(x) for x in (log_rhos, discounts, rewards, values, bootstrap_value)),
+        clip_rho_threshold=clip_rho_threshold,
+        clip_pg_rho_threshold=clip_pg_rho_threshold,
+    )
+    return VTraceReturns(vs=tf.stop_gradient(vs), pg_advantages=tf.stop_gradient(pg_advantages))
+
+
+def _checked_vtrace_inputs(discounts, rewards, values, bootstrap_value, like, like_name):
+    """Converts to float32 and checks ranks against `like` (`[T, B, ...]`)."""
     discounts = tf.convert_to_tensor(discounts, dtype=tf.float32)
     rewards = tf.convert_to_tensor(rewards, dtype=tf.float32)
     values = tf.convert_to_tensor(values, dtype=tf.float32)
     bootstrap_value = tf.convert_to_tensor(bootstrap_value, dtype=tf.float32)
-
-    rank = log_rhos.shape.rank
-    if rank is not None and rank < 2:
-        raise ValueError(f'log_rhos must have rank >= 2 ([T, B, ...]), got rank {rank}')
+    rank = like.shape.rank
     if rank is not None:
-        _check_rank('discounts', discounts, rank, like='log_rhos')
-        _check_rank('rewards', rewards, rank, like='log_rhos')
-        _check_rank('values', values, rank, like='log_rhos')
-        _check_rank('bootstrap_value', bootstrap_value, rank - 1, like='log_rhos without time')
+        _check_rank('discounts', discounts, rank, like=like_name)
+        _check_rank('rewards', rewards, rank, like=like_name)
+        _check_rank('values', values, rank, like=like_name)
+        _check_rank('bootstrap_value', bootstrap_value, rank - 1, like=f'{like_name} without time')
+    return discounts, rewards, values, bootstrap_value
+
+
+def _checked_thresholds(clip_rho_threshold, clip_pg_rho_threshold):
     for name, threshold in (
         ('clip_rho_threshold', clip_rho_threshold),
         ('clip_pg_rho_threshold', clip_pg_rho_threshold),
     ):
         if threshold is not None and not threshold > 0:
             raise ValueError(f'{name} must be > 0 or None, got {threshold!r}')
+    as_float = lambda t: None if t is None else float(t)  # noqa: E731
+    return as_float(clip_rho_threshold), as_float(clip_pg_rho_threshold)
 
-    fn = _vtrace_xla if use_xla else _vtrace_graph
-    # The targets carry no gradient; cutting it at the inputs also keeps autodiff from tracing
-    # a backward pass through the compiled recursion.
-    vs, pg_advantages = fn(
+
+def _from_logits_core(
+    behaviour_policy_logits,
+    target_policy_logits,
+    actions,
+    discounts,
+    rewards,
+    values,
+    bootstrap_value,
+    clip_rho_threshold,
+    clip_pg_rho_threshold,
+    vtrace_fn=None,
+):
+    """Log-probabilities, then V-trace; returns the fields of `VTraceFromLogitsReturns`."""
+    target_action_log_probs = log_probs_from_logits_and_actions(target_policy_logits, actions)
+    behaviour_action_log_probs = log_probs_from_logits_and_actions(behaviour_policy_logits, actions)
+    log_rhos = target_action_log_probs - behaviour_action_log_probs
+    vs, pg_advantages = (vtrace_fn or _vtrace_core)(
         *(tf.stop_gradient(x) for x in (log_rhos, discounts, rewards, values, bootstrap_value)),
-        clip_rho_threshold=None if clip_rho_threshold is None else float(clip_rho_threshold),
-        clip_pg_rho_threshold=(
-            None if clip_pg_rho_threshold is None else float(clip_pg_rho_threshold)
-        ),
+        clip_rho_threshold=clip_rho_threshold,
+        clip_pg_rho_threshold=clip_pg_rho_threshold,
     )
-    return VTraceReturns(vs=tf.stop_gradient(vs), pg_advantages=tf.stop_gradient(pg_advantages))
+    return (
+        tf.stop_gradient(vs),
+        tf.stop_gradient(pg_advantages),
+        log_rhos,
+        behaviour_action_log_probs,
+        target_action_log_probs,
+    )
+
+
+# Compiling the log-probabilities together with the recursion keeps the whole call in one XLA
+# cluster (about twice as fast as compiling the recursion alone on CPU).
+_from_logits_xla = tf.function(_from_logits_core, jit_compile=True, reduce_retracing=True)
+
+
+def _from_logits_xla_differentiable(behaviour_policy_logits, target_policy_logits, actions, *rest):
+    """`_from_logits_xla` with the log-probabilities' gradient given in closed form.
+
+    d log softmax(l)[a] / dl = onehot(a) - softmax(l); vs and pg_advantages carry none.
+    """
+
+    @tf.custom_gradient
+    def compiled(behaviour_logits, target_logits):
+        outputs = _from_logits_xla(behaviour_logits, target_logits, actions, *rest)
+
+        def grad(d_vs, d_pg, d_log_rhos, d_behaviour_log_probs, d_target_log_probs):
+            del d_vs, d_pg  # Stopped gradients.
+            depth = tf.shape(target_logits)[-1]
+            one_hot = tf.one_hot(actions, depth, dtype=tf.float32)
+            d_target = (d_target_log_probs + d_log_rhos)[..., tf.newaxis] * (
+                one_hot - tf.nn.softmax(target_logits)
+            )
+            d_behaviour = (d_behaviour_log_probs - d_log_rhos)[..., tf.newaxis] * (
+                one_hot - tf.nn.softmax(behaviour_logits)
+            )
+            return d_behaviour, d_target
+
+        return outputs, grad
+
+    return compiled(behaviour_policy_logits, target_policy_logits)
 
 
 def _vtrace_core(
