@@ -140,3 +140,75 @@ class LearnerConfig:
                 f'got {self.reward_clipping!r}'
             )
         return self
+
+
+MODES = ('train', 'test')
+JOB_NAMES = ('learner', 'actor')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One run of `experiments/experiment.py` (built by `cli.py` from the flags).
+
+    Attributes:
+      logdir: where checkpoints, summaries, `config.json` and `test_results.json` go.
+      mode: 'train' or 'test'.
+      level_name: a DeepMind Lab level, 'dmlab30', 'atari/<Game>', 'atari57' or 'gym/<EnvId>'.
+      num_actors: actor threads (one environment each) in single-machine training; in test
+        mode, environments per level that share the episodes.
+      seed: seeds TF, numpy and the environments (actor i gets `seed + i`).
+      test_num_episodes: episodes per level in test mode.
+      task, job_name: distributed mode (task -1 = single machine).
+      network: agent torso, 'deep', 'shallow' or 'mlp'.
+      save_checkpoint_secs: seconds between checkpoints (also saved at the end and on signals).
+      save_summaries_secs: seconds between learner-metric summaries (episodes are always written).
+      log_interval_secs: seconds between progress log lines.
+      max_checkpoints_to_keep: checkpoints kept in `logdir`.
+      inference_timeout_ms: dynamic-batching timeout for the actors' policy calls.
+      environment: `EnvironmentConfig`.
+      learner: `LearnerConfig`.
+    """
+
+    logdir: str = '/tmp/agent'
+    mode: str = 'train'
+    level_name: str = 'explore_goal_locations_small'
+    num_actors: int = 4
+    seed: int = 1
+    test_num_episodes: int = 10
+    task: int = -1
+    job_name: str = 'learner'
+    network: str = 'deep'
+    save_checkpoint_secs: float = 600.0
+    save_summaries_secs: float = 30.0
+    log_interval_secs: float = 10.0
+    max_checkpoints_to_keep: int = 3
+    inference_timeout_ms: int = 100
+    environment: EnvironmentConfig = dataclasses.field(default_factory=EnvironmentConfig)
+    learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
+
+    def validate(self) -> 'ExperimentConfig':
+        if not self.logdir:
+            raise ValueError('logdir must not be empty')
+        if self.mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+        if self.job_name not in JOB_NAMES:
+            raise ValueError(f'job_name must be one of {JOB_NAMES}, got {self.job_name!r}')
+        if not self.level_name:
+            raise ValueError('level_name must not be empty')
+        if self.network not in TORSOS:
+            raise ValueError(f'network must be one of {TORSOS}, got {self.network!r}')
+        _positive('num_actors', self.num_actors)
+        _positive('test_num_episodes', self.test_num_episodes)
+        _positive('save_checkpoint_secs', self.save_checkpoint_secs)
+        _positive('save_summaries_secs', self.save_summaries_secs)
+        _positive('log_interval_secs', self.log_interval_secs)
+        _positive('max_checkpoints_to_keep', self.max_checkpoints_to_keep)
+        _non_negative('inference_timeout_ms', self.inference_timeout_ms)
+        if self.environment.num_action_repeats != self.learner.num_action_repeats:
+            raise ValueError(
+                'num_action_repeats differs between the environment and learner configs: '
+                f'{self.environment.num_action_repeats} vs {self.learner.num_action_repeats}'
+            )
+        self.environment.validate()
+        self.learner.validate()
+        return self
