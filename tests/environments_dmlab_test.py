@@ -286,3 +286,46 @@ def test_missing_module_error_in_fresh_interpreter():
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith('ERROR:')]
     assert 'not installed' in line and 'Dockerfile' in line
+
+
+def test_runs_in_py_process(fake_lab):
+    # The child gets the parent's sys.path, so it imports the fake too.
+    from scalable_agent2 import py_process
+
+    env_config = config_lib.EnvironmentConfig(num_action_repeats=4).validate()
+    proc = py_process.PyProcess(
+        dmlab.DmLab, 'language_execute_random_task', env_config, 11, True, start_timeout=60
+    )
+    try:
+        assert proc.get_attr('num_actions', timeout=30) == 9
+        spec = proc.get_attr('observation_spec', timeout=30)
+        assert tuple(spec) == ((72, 96, 3), 'uint8', True)
+        frame, instruction = proc.reset(timeout=30)
+        seeds = _expected_reset_seeds(11, 1)
+        assert frame.shape == (72, 96, 3) and frame.dtype == np.uint8
+        assert np.all(frame == fake_lab.frame_value(seeds[0], 0))
+        assert instruction == fake_lab.LANGUAGE_INSTRUCTION
+        steps = [proc.step(FORWARD, timeout=30)[:2] for _ in range(3)]
+        assert steps == [(4.0, False), (4.0, False), (2.0, True)]
+    finally:
+        proc.close()
+
+
+def test_missing_module_error_crosses_py_process(monkeypatch):
+    import importlib.util
+
+    from scalable_agent2 import py_process
+
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path if 'fake_deepmind_lab' not in p])
+    monkeypatch.delitem(sys.modules, 'deepmind_lab', raising=False)
+    if importlib.util.find_spec('deepmind_lab') is not None:
+        pytest.skip('a real deepmind_lab is installed')
+    with pytest.raises(dmlab.DeepMindLabNotInstalledError, match='not installed.*Dockerfile'):
+        py_process.PyProcess(
+            dmlab.DmLab,
+            'seekavoid_arena_01',
+            config_lib.EnvironmentConfig(),
+            1,
+            False,
+            start_timeout=60,
+        )
