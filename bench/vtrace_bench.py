@@ -1,12 +1,14 @@
 """Median time per V-trace call: XLA-compiled vs plain graph `tf.scan` vs numpy.
 
-    python bench/vtrace_bench.py [--repeats=200]
+    python bench/vtrace_bench.py [--rounds=30]
 
 Each configuration times `vtrace.from_logits` inside a `tf.function`, as the learner calls it,
-after warm-up (tracing and compilation are excluded). Prints a markdown table.
+after warm-up (tracing and compilation are excluded). The three variants are timed in turn,
+call by call, so that load from other processes affects them alike. Prints a markdown table.
 """
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -40,23 +42,44 @@ def numpy_from_logits(behaviour_logits, target_logits, actions, discounts, rewar
     return vs, clipped * (rewards + discounts * vs_tp1 - values)
 
 
-def _median_seconds(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved_medians(fns, rounds: int, calls: int = 20, warmup: int = 5) -> list[float]:
+    """Median over rounds of the mean seconds per call of each fn.
+
+    Each round times `calls` back-to-back calls of every fn in turn, so that load drift from
+    other processes hits all variants alike while each block runs warm.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, fn_times in zip(fns, times):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            fn_times.append((time.perf_counter() - start) / calls)
+    return [statistics.median(t) for t in times]
+
+
+def _xla_launch_floor(rounds: int) -> float:
+    """Seconds per call of a trivial XLA-compiled function called from a `tf.function`."""
+    x = tf.zeros((100, 32))
+    trivial = tf.function(lambda a: a + 1.0, jit_compile=True)
+    outer = tf.function(lambda: trivial(x))
+    return _interleaved_medians([lambda: outer().numpy()], rounds)[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--repeats', type=int, default=200)
+    parser.add_argument('--rounds', type=int, default=30)
     args = parser.parse_args()
 
-    print(f'TensorFlow {tf.__version__}; median of {args.repeats} calls each.\n')
+    print(f'TensorFlow {tf.__version__}; median over {args.rounds} rounds of 20 calls each.\n')
+    floor = _xla_launch_floor(args.rounds)
+    print(
+        f'XLA launch floor (a trivial jit_compile function called from a graph): '
+        f'{floor * 1e3:.3f} ms\n'
+    )
     print('| T | B | A | XLA (ms) | tf.scan graph (ms) | numpy (ms) | scan / XLA | numpy / XLA |')
     print('|---|---|---|---|---|---|---|---|')
     for num_steps, batch, num_actions in CONFIGS:
@@ -75,7 +98,7 @@ def main() -> None:
         }
         tensors = {k: tf.constant(v) for k, v in arrays.items()}
 
-        def make(use_xla):
+        def make(use_xla, tensors=tensors):
             @tf.function
             def call():
                 out = vtrace.from_logits(**tensors, use_xla=use_xla)
@@ -83,9 +106,10 @@ def main() -> None:
 
             return lambda: [t.numpy() for t in call()]
 
-        xla = _median_seconds(make(True), args.repeats)
-        scan = _median_seconds(make(False), args.repeats)
-        numpy_time = _median_seconds(lambda: numpy_from_logits(*arrays.values()), args.repeats)
+        numpy_call = functools.partial(numpy_from_logits, *arrays.values())
+        xla, scan, numpy_time = _interleaved_medians(
+            [make(True), make(False), numpy_call], args.rounds
+        )
         print(
             f'| {num_steps} | {batch} | {num_actions} | {xla * 1e3:.3f} | {scan * 1e3:.3f} | '
             f'{numpy_time * 1e3:.3f} | {scan / xla:.1f}x | {numpy_time / xla:.1f}x |'

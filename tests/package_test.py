@@ -73,3 +73,34 @@ def test_agent_and_environment_config_validate():
     with pytest.raises(ValueError, match='sticky'):
         config.EnvironmentConfig(atari_sticky_action_prob=1.0).validate()
     assert config.EnvironmentConfig().validate().width == 96
+
+
+def _requirement_lines(text: str) -> list[str]:
+    return sorted(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith('#')
+    )
+
+
+def test_requirements_txt_matches_setup_cfg():
+    import configparser
+
+    root = PACKAGE.parent
+    parser = configparser.ConfigParser()
+    parser.read(root / 'setup.cfg')
+    install_requires = parser['options']['install_requires']
+    assert _requirement_lines(install_requires) == _requirement_lines(
+        (root / 'requirements.txt').read_text()
+    )
+
+
+def test_ci_runs_the_readme_test_command():
+    import subprocess
+
+    root = PACKAGE.parent
+    script = (root / '.ci' / 'run').read_text()
+    awk = script.split('cmd=$(', 1)[1].split(' README.md)', 1)[0]
+    cmd = subprocess.run(
+        ['bash', '-c', f'{awk} README.md'], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert 'pytest' in cmd and 'ruff check' in cmd and 'ruff format --check' in cmd
+    assert cmd in (root / 'README.md').read_text()
