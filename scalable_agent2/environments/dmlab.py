@@ -2,7 +2,7 @@
 
 `deepmind_lab` is imported when a `DmLab` is built (inside the environment's subprocess), so the
 rest of the package works without it. It cannot be installed from PyPI; the project's Dockerfile
-(`docker/`) builds it.
+(at the repository root) builds it.
 """
 
 import os
@@ -37,7 +37,7 @@ TEST_MIXER_SEED = 0x600D5EED
 
 _NOT_INSTALLED_MESSAGE = (
     'DeepMind Lab (the `deepmind_lab` Python module) is not installed; it is not on PyPI: '
-    'build and run the project image from the Dockerfile in docker/ to get it'
+    'build and run the image from the Dockerfile at the root of scalable_agent2 to get it'
 )
 
 
