@@ -1,0 +1,147 @@
+"""Atari 2600 games (ALE) with the IMPALA paper's preprocessing, as a `RawEnvironment`.
+
+Level names are `atari/<Game>`, where `<Game>` is an ALE ROM id in any of the spellings
+'Pong', 'pong', 'MontezumaRevenge', 'montezuma_revenge'. The preprocessing runs inside ale-py's
+C++ `AtariVectorEnv` (one environment, one thread), which was faster than Gymnasium's Python
+`AtariPreprocessing` wrapper and needs no OpenCV in Python. Each part is an `EnvironmentConfig`
+field:
+  * `atari_frame_size`: grayscale frames resized to `[size, size]` (84);
+  * `num_action_repeats`: frame skip (4), with a max over the last 2 frames;
+  * `atari_frame_stack`: frames stacked on the last axis (4);
+  * `atari_noop_max`: up to this many no-ops at the start of a game (30);
+  * `atari_full_action_space`: all 18 actions for every game;
+  * `atari_terminal_on_life_loss`: in training (never when `is_test`) a lost life ends the
+    agent's episode while the game goes on, as in DQN: the next `reset()` continues the game;
+  * `atari_max_episode_frames`: game length cap in frames (108K = 30 minutes), then truncation;
+  * `atari_sticky_action_prob`: ALE `repeat_action_probability` (0 = IMPALA; 0.25 = Machado
+    et al. 2018).
+Rewards are not clipped here (the learner clips); games start without an automatic FIRE.
+Frames are uint8 `[size, size, stack]`, oldest first.
+"""
+
+import functools
+
+import ale_py
+import numpy as np
+
+from scalable_agent2 import config as config_lib
+from scalable_agent2.environments.base import Observation, ObservationSpec
+
+
+def _squash(name: str) -> str:
+    return name.replace('_', '').replace('-', '').lower()
+
+
+@functools.cache
+def _rom_ids() -> dict[str, str]:
+    """Squashed spelling -> ALE ROM id, for every ROM shipped with ale-py."""
+    return {_squash(rom): rom for rom in ale_py.roms.get_all_rom_ids()}
+
+
+def atari57_games() -> list[str]:
+    """The 57 games of Atari-57, as ROM ids ('pong', 'montezuma_revenge', ...)."""
+    from scalable_agent2.scoring import atari57  # Lazy: scoring is built alongside.
+
+    return list(atari57.GAMES)
+
+
+def rom_id(game: str) -> str:
+    """Maps a game name in any accepted spelling to its ALE ROM id.
+
+    Raises:
+      ValueError: the game is not a ROM shipped with ale-py; lists the Atari-57 games.
+    """
+    rom = _rom_ids().get(_squash(game))
+    if rom is None:
+        raise ValueError(
+            f'Unknown Atari game {game!r}. Atari-57 games: {", ".join(atari57_games())} '
+            '(any ROM id shipped with ale-py also works).'
+        )
+    return rom
+
+
+class AtariEnvironment:
+    """One ALE game with IMPALA preprocessing, implementing `RawEnvironment`."""
+
+    def __init__(self, game: str, config: config_lib.EnvironmentConfig, seed: int, is_test: bool):
+        """Builds the game.
+
+        Args:
+          game: game name (see `rom_id`), without the `atari/` prefix.
+          config: `EnvironmentConfig` (the `atari_*` fields and `num_action_repeats`).
+          seed: seeds the emulator and the no-op starts.
+          is_test: evaluation mode: a lost life never ends the episode.
+        """
+        self._env = ale_py.AtariVectorEnv(
+            rom_id(game),
+            num_envs=1,
+            num_threads=1,
+            max_num_frames_per_episode=config.atari_max_episode_frames,
+            repeat_action_probability=config.atari_sticky_action_prob,
+            full_action_space=config.atari_full_action_space,
+            # On game end the same step returns the next game's first frame.
+            autoreset_mode='SameStep',
+            img_height=config.atari_frame_size,
+            img_width=config.atari_frame_size,
+            grayscale=True,
+            stack_num=config.atari_frame_stack,
+            frameskip=config.num_action_repeats,
+            maxpool=True,
+            noop_max=config.atari_noop_max,
+            episodic_life=False,  # Life loss is handled here, so the game is not reset.
+            reward_clipping=False,
+            use_fire_reset=False,
+        )
+        self._seed = seed
+        self._life_loss_ends_episode = config.atari_terminal_on_life_loss and not is_test
+        self._num_actions = int(self._env.single_action_space.n)
+        size, stack = config.atari_frame_size, config.atari_frame_stack
+        self._spec = ObservationSpec((size, size, stack), 'uint8', False)
+        self._lives = 0
+        self._pending = None  # The observation `reset()` returns after a `done` step.
+
+    @property
+    def num_actions(self) -> int:
+        return self._num_actions
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        return self._spec
+
+    @staticmethod
+    def _frame(obs: np.ndarray) -> np.ndarray:
+        # [1, stack, H, W] -> [H, W, stack], contiguous for cheap pickling.
+        return np.ascontiguousarray(np.transpose(obs[0], (1, 2, 0)))
+
+    def reset(self) -> Observation:
+        """The first observation of an episode.
+
+        After a step that ended a game this is the next game's first frame (already reset);
+        after a life loss it is the current frame of the continuing game; otherwise the game is
+        reset (seeded the first time).
+        """
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame, ''
+        obs, info = self._env.reset(seed=self._seed)
+        self._seed = None
+        self._lives = int(info['lives'][0])
+        return self._frame(obs), ''
+
+    def step(self, action: int) -> tuple[float, bool, Observation]:
+        if not 0 <= action < self._num_actions:
+            raise ValueError(f'action must be in [0, {self._num_actions}), got {action}')
+        self._pending = None
+        obs, reward, terminated, truncated, info = self._env.step(np.array([action], np.int64))
+        lives = int(info['lives'][0])
+        game_over = bool(terminated[0] or truncated[0])
+        life_lost = lives < self._lives and not game_over
+        self._lives = lives
+        frame = self._frame(obs)
+        done = game_over or (life_lost and self._life_loss_ends_episode)
+        if done:
+            self._pending = frame
+        return float(reward[0]), done, (frame, '')
+
+    def close(self) -> None:
+        self._env.close()
