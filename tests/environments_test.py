@@ -1,0 +1,114 @@
+"""create_environment dispatch and expand_level_names."""
+
+import csv
+import os
+import pathlib
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from scalable_agent2 import config as config_lib
+from scalable_agent2 import environments, py_process
+from scalable_agent2.environments import base
+
+DATA = pathlib.Path(__file__).resolve().parent.parent / 'scalable_agent2' / 'data'
+FAKE_DMLAB_DIR = pathlib.Path(__file__).resolve().parent / 'fake_deepmind_lab'
+
+
+def _column(name: str, column: str) -> list[str]:
+    with open(DATA / name) as f:
+        return [row[column] for row in csv.DictReader(f)]
+
+
+def test_expand_dmlab30_train_and_test():
+    train = environments.expand_level_names('dmlab30', is_test=False)
+    test = environments.expand_level_names('dmlab30', is_test=True)
+    assert train == _column('dmlab30_scores.csv', 'train_level')
+    assert test == _column('dmlab30_scores.csv', 'test_level')
+    assert len(train) == len(test) == 30 and train != test
+
+
+def test_expand_atari57():
+    names = environments.expand_level_names('atari57', is_test=False)
+    assert names == ['atari/' + g for g in _column('atari57_scores.csv', 'game')]
+    assert len(set(names)) == 57
+    assert environments.expand_level_names('atari57', is_test=True) == names
+
+
+@pytest.mark.parametrize('name', ['gym/CartPole-v1', 'atari/Pong', 'rooms_watermaze'])
+def test_expand_single_level(name):
+    assert environments.expand_level_names(name, is_test=False) == [name]
+
+
+def test_suite_name_is_not_a_level():
+    with pytest.raises(ValueError, match='expand_level_names'):
+        environments.create_environment('atari57', config_lib.EnvironmentConfig(), 0, False)
+
+
+def test_empty_name():
+    with pytest.raises(ValueError, match='empty'):
+        environments.create_environment('', config_lib.EnvironmentConfig(), 0, False)
+
+
+def test_invalid_config_is_rejected_before_starting():
+    cfg = config_lib.EnvironmentConfig(atari_sticky_action_prob=1.5)
+    with pytest.raises(ValueError, match='atari_sticky_action_prob'):
+        environments.create_environment('atari/Pong', cfg, 0, False)
+
+
+@pytest.mark.parametrize(
+    'level,spec,num_actions',
+    [
+        ('gym/CartPole-v1', base.ObservationSpec((4,), 'float32', False), 2),
+        ('atari/pong', base.ObservationSpec((84, 84, 4), 'uint8', False), 18),
+    ],
+)
+def test_dispatch_gym_and_atari(level, spec, num_actions):
+    with environments.create_environment(level, config_lib.EnvironmentConfig(), 0, False) as env:
+        assert env.pid != os.getpid()
+        assert (env.observation_spec, env.num_actions) == (spec, num_actions)
+        first = env.initial()
+        assert first.done and first.observation[0].shape == spec.frame_shape
+        assert first.observation[0].dtype == np.dtype(spec.frame_dtype)
+        out = env.step(0)
+        assert out.observation[0].shape == spec.frame_shape
+
+
+def test_dispatch_dmlab_with_the_fake_module(monkeypatch):
+    # The child inherits the parent's sys.path, so it imports the fake `deepmind_lab`.
+    monkeypatch.syspath_prepend(str(FAKE_DMLAB_DIR))
+    cfg = config_lib.EnvironmentConfig()
+    with environments.create_environment('rooms_watermaze', cfg, 0, False) as env:
+        assert env.num_actions == 9
+        assert env.observation_spec == base.ObservationSpec((72, 96, 3), 'uint8', True)
+        first = env.initial()
+        assert first.observation[0].shape == (72, 96, 3)
+        assert isinstance(first.observation[1], str)
+        env.step(0)
+
+
+def test_dmlab_missing_module_error_reaches_the_parent(monkeypatch):
+    from scalable_agent2.environments import dmlab
+
+    # Make sure the real (absent) module is looked up: no fake on the path.
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path if 'fake_deepmind' not in p])
+    with pytest.raises(dmlab.DeepMindLabNotInstalledError):
+        environments.create_environment('rooms_watermaze', config_lib.EnvironmentConfig(), 0, False)
+
+
+def test_killed_environment_process_raises_within_seconds():
+    env = environments.create_environment(
+        'gym/CartPole-v1', config_lib.EnvironmentConfig(), 0, False
+    )
+    env.initial()
+    os.kill(env.pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(py_process.PyProcessDiedError):
+        for _ in range(1000):  # The first call after the kill fails.
+            env.step(0)
+    assert time.monotonic() - start < 10
+    env.close()
+    env.close()
