@@ -1,0 +1,180 @@
+"""The actor's unroll loop: step one environment with the agent and emit T+1-step unrolls.
+
+An actor keeps its last environment output, agent (core) state and agent output between
+unrolls, as the original does: every unroll starts with the last entry of the previous one,
+followed by `unroll_length` new steps, and carries the core state from before its first new
+step. Policy calls go through a callable (in training, the dynamically batched agent step), so
+the actor itself holds no TensorFlow state.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
+
+# policy(last_action int32 [1], env_output StepOutput with [1]-batched fields, core_state nest
+# [1, ...]) -> (AgentOutput with [1]-batched fields, new core_state nest [1, ...]).
+Policy = Callable[[Any, StepOutput, Any], tuple[AgentOutput, Any]]
+
+
+def batch_env_output(env_output: StepOutput) -> StepOutput:
+    """Adds a leading batch dimension of 1 to an environment's (numpy) step output.
+
+    Args:
+      env_output: `StepOutput` of scalars, observation `(frame [...], instruction str)`.
+
+    Returns:
+      `StepOutput` with reward float32 [1], info (float32 [1], int32 [1]), done bool [1],
+      observation (frame [1, ...], instruction object (str) [1]).
+    """
+    frame, instruction = env_output.observation
+    return StepOutput(
+        reward=np.asarray([env_output.reward], np.float32),
+        info=StepOutputInfo(
+            np.asarray([env_output.info.episode_return], np.float32),
+            np.asarray([env_output.info.episode_step], np.int32),
+        ),
+        done=np.asarray([env_output.done], np.bool_),
+        observation=(np.asarray(frame)[None], np.asarray([instruction], dtype=object)),
+    )
+
+
+def _unbatch(nest: Any) -> Any:
+    """Drops the leading dimension of 1 from every array of a (tensor or numpy) nest."""
+    return tf.nest.map_structure(lambda x: np.asarray(x)[0], nest)
+
+
+def _to_numpy(nest: Any) -> Any:
+    return tf.nest.map_structure(np.asarray, nest)
+
+
+def _stack_steps(steps: list[Any]) -> Any:
+    """Stacks a list of same-structure nests of numpy values along a new leading axis."""
+
+    def stack(*xs):
+        first = np.asarray(xs[0])
+        if first.dtype.kind in ('U', 'S', 'O'):
+            return np.array(list(xs), dtype=object)
+        return np.stack(xs)
+
+    return tf.nest.map_structure(stack, *steps)
+
+
+def _env_output_numpy(env_output: StepOutput) -> StepOutput:
+    """Normalises an environment output to numpy values of fixed dtypes (no batch dim)."""
+    frame, instruction = env_output.observation
+    return StepOutput(
+        reward=np.float32(env_output.reward),
+        info=StepOutputInfo(
+            np.float32(env_output.info.episode_return), np.int32(env_output.info.episode_step)
+        ),
+        done=np.bool_(env_output.done),
+        observation=(np.asarray(frame), str(instruction)),
+    )
+
+
+class Actor:
+    """Runs one environment with a policy and produces unrolls of `unroll_length + 1` entries.
+
+    Not thread-safe: each actor thread owns one `Actor` (and its environment).
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        level_name: str,
+        policy: Policy,
+        initial_agent_state: Any,
+        unroll_length: int,
+    ):
+        """Resets the environment and sets the persistent state.
+
+        Args:
+          env: environment with `initial()` and `step(action)` returning `StepOutput`.
+          level_name: the level this actor plays (stored in every unroll).
+          policy: see `Policy`.
+          initial_agent_state: the core state for one environment, nest of `[1, ...]`.
+          unroll_length: T, new agent steps per unroll.
+        """
+        if unroll_length <= 0:
+            raise ValueError(f'unroll_length must be > 0, got {unroll_length}')
+        self._env = env
+        self._level_name = level_name
+        self._policy = policy
+        self._unroll_length = unroll_length
+        self._env_output = _env_output_numpy(env.initial())
+        self._agent_state = _to_numpy(initial_agent_state)
+        # The original starts with an all-zero agent output (action 0 = "last action").
+        self._agent_output = None
+
+    @property
+    def level_name(self) -> str:
+        return self._level_name
+
+    def _step_policy(self) -> tuple[AgentOutput, Any]:
+        last_action = np.asarray([self._agent_output.action], np.int32)
+        agent_output, agent_state = self._policy(
+            last_action, batch_env_output(self._env_output), self._agent_state
+        )
+        return _unbatch(agent_output), _to_numpy(agent_state)
+
+    def unroll(self) -> ActorOutput:
+        """Runs T agent steps and returns the unroll.
+
+        Returns:
+          `ActorOutput` (numpy): level_name str; agent_state nest `[1, ...]` (the state before
+          the first new step); env_outputs and agent_outputs with `[T+1, ...]` fields where
+          entry 0 is the last entry of the previous unroll. `agent_outputs[t]` was computed
+          from `env_outputs[t-1]` and produced `env_outputs[t]`.
+        """
+        if self._agent_output is None:
+            # Shapes and dtypes of a zero agent output come from one (discarded) policy call.
+            self._agent_output = AgentOutput(np.int32(0), None, None)
+            probe, _ = self._step_policy()
+            self._agent_output = tf.nest.map_structure(np.zeros_like, probe)
+        initial_agent_state = self._agent_state
+        env_outputs = [self._env_output]
+        agent_outputs = [self._agent_output]
+        for _ in range(self._unroll_length):
+            agent_output, self._agent_state = self._step_policy()
+            env_output = _env_output_numpy(self._env.step(int(agent_output.action)))
+            self._agent_output, self._env_output = agent_output, env_output
+            env_outputs.append(env_output)
+            agent_outputs.append(agent_output)
+        return ActorOutput(
+            level_name=self._level_name,
+            agent_state=initial_agent_state,
+            env_outputs=_stack_steps(env_outputs),
+            agent_outputs=_stack_steps(agent_outputs),
+        )
+
+
+def stack_unrolls(unrolls: list[ActorOutput]) -> ActorOutput:
+    """Stacks B unrolls into one time-major batch for the learner.
+
+    Args:
+      unrolls: B `ActorOutput`s as returned by `Actor.unroll`.
+
+    Returns:
+      `ActorOutput` (numpy): level_name object (str) `[B]`; agent_state nest `[B, ...]`;
+      env_outputs and agent_outputs with `[T+1, B, ...]` fields.
+    """
+    if not unrolls:
+        raise ValueError('stack_unrolls needs at least one unroll')
+
+    def time_major(*xs):
+        if xs[0].dtype == object:
+            return np.stack(xs, axis=1).astype(object)
+        return np.stack(xs, axis=1)
+
+    return ActorOutput(
+        level_name=np.array([u.level_name for u in unrolls], dtype=object),
+        agent_state=tf.nest.map_structure(
+            lambda *xs: np.concatenate(xs, axis=0), *[u.agent_state for u in unrolls]
+        ),
+        env_outputs=tf.nest.map_structure(time_major, *[u.env_outputs for u in unrolls]),
+        agent_outputs=tf.nest.map_structure(time_major, *[u.agent_outputs for u in unrolls]),
+    )

@@ -1,0 +1,113 @@
+"""Checkpoints in the log directory: save, restore the latest, refuse incompatible ones.
+
+A `tf.train.Checkpoint` of the learner's state is managed by `tf.train.CheckpointManager`.
+Beside it, `agent_spec.json` records the agent's architecture (network, action count, ...), so a
+restart with another agent fails with one clear line instead of a shape error deep in TF.
+"""
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+AGENT_SPEC_FILE = 'agent_spec.json'
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The checkpoint in the log directory was written by a different agent."""
+
+
+class NoCheckpointError(ValueError):
+    """A checkpoint was required (test mode) but the log directory has none."""
+
+
+class Checkpointer:
+    """Saves and restores a dict of trackables (the learner's `checkpoint_state`)."""
+
+    def __init__(
+        self,
+        logdir: str,
+        objects: dict[str, Any],
+        agent_spec: dict[str, Any],
+        max_to_keep: int = 3,
+    ):
+        """Creates the manager.
+
+        Args:
+          logdir: directory holding the checkpoints (created if missing).
+          objects: name -> trackable (variables, modules, optimizers), for `tf.train.Checkpoint`.
+          agent_spec: JSON-serialisable description of the agent; restoring a checkpoint whose
+            spec differs raises `IncompatibleCheckpointError`.
+          max_to_keep: checkpoints kept.
+        """
+        self._logdir = logdir
+        self._agent_spec = dict(agent_spec)
+        self._checkpoint = tf.train.Checkpoint(**objects)
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, directory=logdir, max_to_keep=max_to_keep, checkpoint_name='ckpt'
+        )
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        return self._manager.latest_checkpoint
+
+    def _check_spec(self) -> None:
+        path = os.path.join(self._logdir, AGENT_SPEC_FILE)
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            saved = json.load(f)
+        if saved != self._agent_spec:
+            diffs = ', '.join(
+                f'{key}={saved.get(key)!r} (now {self._agent_spec.get(key)!r})'
+                for key in sorted(set(saved) | set(self._agent_spec))
+                if saved.get(key) != self._agent_spec.get(key)
+            )
+            raise IncompatibleCheckpointError(
+                f'checkpoint in {self._logdir} was written by a different agent: {diffs}'
+            )
+
+    def restore_latest(self, required: bool = False, partial: bool = False) -> str | None:
+        """Restores the latest checkpoint, if any.
+
+        Create the agent's variables before calling this, so shape mismatches are detected
+        here rather than later.
+
+        Args:
+          required: raise `NoCheckpointError` when there is no checkpoint.
+          partial: allow objects saved but not restored (e.g. optimizer slots in test mode).
+
+        Returns:
+          The restored checkpoint's path, or None when there was none.
+        """
+        path = self._manager.latest_checkpoint
+        if path is None:
+            if required:
+                raise NoCheckpointError(f'no checkpoint found in {self._logdir}')
+            return None
+        self._check_spec()
+        try:
+            status = self._checkpoint.restore(path)
+            if partial:
+                status.expect_partial()
+            else:
+                status.assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise IncompatibleCheckpointError(
+                f'checkpoint {path} does not match this agent: {first_line}'
+            ) from e
+        return path
+
+    def save(self, checkpoint_number: int) -> str:
+        """Writes a checkpoint (numbered, e.g., by the frame count) and the agent spec."""
+        path = self._manager.save(checkpoint_number=checkpoint_number)
+        spec_path = os.path.join(self._logdir, AGENT_SPEC_FILE)
+        tmp_path = spec_path + '.tmp'
+        with open(tmp_path, 'w') as f:
+            json.dump(self._agent_spec, f, indent=2, sort_keys=True)
+        os.replace(tmp_path, spec_path)
+        logging.info('Saved checkpoint %s', path)
+        return path

@@ -1,0 +1,284 @@
+"""Command line: the original IMPALA flags (same names and defaults) plus a few new ones.
+
+This is the only module that defines or reads absl flags. It turns them into a frozen
+`config.ExperimentConfig` and runs training or test mode. User mistakes (bad flag values,
+unknown levels, an unwritable logdir, an incompatible or missing checkpoint, a missing
+DeepMind Lab) end with one line on stderr and exit code 2, without a traceback.
+"""
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+from scalable_agent2 import config
+
+EXIT_USAGE = 2
+
+
+class _IntegerAllowingExponent(flags.IntegerParser):
+    """Integer flag that also accepts '1e9'-style values when they are whole numbers."""
+
+    def convert(self, argument):
+        if isinstance(argument, str):
+            try:
+                value = float(argument)
+            except ValueError:
+                return super().convert(argument)
+            if value.is_integer() and any(c in argument for c in '.eE'):
+                return int(value)
+        return super().convert(argument)
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines every flag on `fv` (the global FLAGS by default)."""
+    # General (the original's).
+    flags.DEFINE_string('logdir', '/tmp/agent', 'TensorFlow log directory.', flag_values=fv)
+    flags.DEFINE_enum('mode', 'train', ['train', 'test'], 'Training or test mode.', flag_values=fv)
+    flags.DEFINE_integer(
+        'test_num_episodes', 10, 'Number of episodes per level (test mode).', flag_values=fv
+    )
+    # Distributed (the original's).
+    flags.DEFINE_integer(
+        'task', -1, 'Task id. Use -1 for local (single-machine) training.', flag_values=fv
+    )
+    flags.DEFINE_enum(
+        'job_name',
+        'learner',
+        ['learner', 'actor'],
+        'Job name. Ignored when task is set to -1.',
+        flag_values=fv,
+    )
+    # Training (the original's).
+    flags.DEFINE(
+        _IntegerAllowingExponent(),
+        'total_environment_frames',
+        int(1e9),
+        'Total environment frames to train for (accepts e.g. 1e9).',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer('num_actors', 4, 'Number of actors.', flag_values=fv)
+    flags.DEFINE_integer('batch_size', 2, 'Batch size for training.', flag_values=fv)
+    flags.DEFINE_integer('unroll_length', 100, 'Unroll length in agent steps.', flag_values=fv)
+    flags.DEFINE_integer('num_action_repeats', 4, 'Number of action repeats.', flag_values=fv)
+    flags.DEFINE_integer('seed', 1, 'Random seed.', flag_values=fv)
+    # Loss settings (the original's).
+    flags.DEFINE_float('entropy_cost', 0.00025, 'Entropy cost/multiplier.', flag_values=fv)
+    flags.DEFINE_float('baseline_cost', 0.5, 'Baseline cost/multiplier.', flag_values=fv)
+    flags.DEFINE_float('discounting', 0.99, 'Discounting factor.', flag_values=fv)
+    flags.DEFINE_enum(
+        'reward_clipping',
+        'abs_one',
+        list(config.REWARD_CLIPPING_MODES),
+        'Reward clipping.',
+        flag_values=fv,
+    )
+    # Environment settings (the original's).
+    flags.DEFINE_string(
+        'dataset_path',
+        '',
+        'Path to dataset needed for psychlab_*, see '
+        'https://github.com/deepmind/lab/tree/master/data/brady_konkle_oliva2008',
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'level_name',
+        'explore_goal_locations_small',
+        "DeepMind Lab level name, or 'dmlab30' for the full DMLab-30 suite with levels assigned "
+        "round robin to the actors; also 'atari/<Game>' (e.g. atari/Pong), 'atari57' (the 57 "
+        "games, round robin) or 'gym/<EnvId>' (e.g. gym/CartPole-v1).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer('width', 96, 'Width of observation.', flag_values=fv)
+    flags.DEFINE_integer('height', 72, 'Height of observation.', flag_values=fv)
+    # Optimizer settings (the original's).
+    flags.DEFINE_float('learning_rate', 0.00048, 'Learning rate.', flag_values=fv)
+    flags.DEFINE_float('decay', 0.99, 'RMSProp optimizer decay.', flag_values=fv)
+    flags.DEFINE_float('momentum', 0.0, 'RMSProp momentum.', flag_values=fv)
+    flags.DEFINE_float('epsilon', 0.1, 'RMSProp epsilon.', flag_values=fv)
+    # New: agent.
+    flags.DEFINE_enum(
+        'network',
+        'deep',
+        list(config.TORSOS),
+        "Agent torso: 'deep' (the original's ResNet), 'shallow' (the paper's 2-layer CNN) or "
+        "'mlp' (for vector observations such as gym/CartPole-v1).",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        'use_xla', True, 'Compile the learner step with XLA where possible.', flag_values=fv
+    )
+    # New: outputs.
+    flags.DEFINE_float(
+        'save_checkpoint_secs',
+        600.0,
+        'Seconds between checkpoints; one is also saved at the end and on SIGINT/SIGTERM.',
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        'save_summaries_secs',
+        30.0,
+        'Seconds between TensorBoard summaries of the learner metrics (episode returns are '
+        'always written).',
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        'log_interval_secs', 10.0, 'Seconds between progress log lines.', flag_values=fv
+    )
+    flags.DEFINE_integer(
+        'max_checkpoints_to_keep', 3, 'Checkpoints kept in --logdir.', flag_values=fv
+    )
+    flags.DEFINE_integer(
+        'inference_timeout_ms',
+        100,
+        "Dynamic-batching timeout (ms) for the actors' batched policy calls.",
+        flag_values=fv,
+    )
+    # New: DeepMind Lab.
+    flags.DEFINE_string(
+        'level_cache_dir', None, 'Optional DeepMind Lab level cache directory.', flag_values=fv
+    )
+    # New: Atari protocol.
+    flags.DEFINE_integer(
+        'atari_frame_size', 84, 'Side of the square grayscale Atari frame.', flag_values=fv
+    )
+    flags.DEFINE_integer('atari_frame_stack', 4, 'Stacked Atari frames.', flag_values=fv)
+    flags.DEFINE_integer(
+        'atari_noop_max',
+        30,
+        'Up to this many no-op actions at the start of an Atari episode.',
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        'atari_sticky_action_prob',
+        0.0,
+        'ALE repeat_action_probability (0 as in IMPALA; 0.25 for Machado et al. 2018).',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'atari_max_episode_frames',
+        108_000,
+        'Cap on an Atari episode, in frames (108000 = 30 minutes).',
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        'atari_terminal_on_life_loss',
+        True,
+        'End Atari training episodes on life loss (never in test mode).',
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        'atari_full_action_space',
+        True,
+        'Use all 18 Atari actions for every game (needed to train on atari57).',
+        flag_values=fv,
+    )
+
+
+def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentConfig:
+    """Builds and validates the frozen experiment config from parsed flags.
+
+    Raises:
+      ValueError: a flag has a bad value (one-line message naming it).
+    """
+    environment = config.EnvironmentConfig(
+        width=fv.width,
+        height=fv.height,
+        num_action_repeats=fv.num_action_repeats,
+        dataset_path=fv.dataset_path,
+        level_cache_dir=fv.level_cache_dir,
+        atari_frame_size=fv.atari_frame_size,
+        atari_frame_stack=fv.atari_frame_stack,
+        atari_noop_max=fv.atari_noop_max,
+        atari_sticky_action_prob=fv.atari_sticky_action_prob,
+        atari_max_episode_frames=fv.atari_max_episode_frames,
+        atari_terminal_on_life_loss=fv.atari_terminal_on_life_loss,
+        atari_full_action_space=fv.atari_full_action_space,
+    )
+    learner = config.LearnerConfig(
+        batch_size=fv.batch_size,
+        unroll_length=fv.unroll_length,
+        num_action_repeats=fv.num_action_repeats,
+        total_environment_frames=fv.total_environment_frames,
+        entropy_cost=fv.entropy_cost,
+        baseline_cost=fv.baseline_cost,
+        discounting=fv.discounting,
+        reward_clipping=fv.reward_clipping,
+        learning_rate=fv.learning_rate,
+        decay=fv.decay,
+        momentum=fv.momentum,
+        epsilon=fv.epsilon,
+        use_xla=fv.use_xla,
+    )
+    cfg = config.ExperimentConfig(
+        logdir=fv.logdir,
+        mode=fv.mode,
+        level_name=fv.level_name,
+        num_actors=fv.num_actors,
+        seed=fv.seed,
+        test_num_episodes=fv.test_num_episodes,
+        task=fv.task,
+        job_name=fv.job_name,
+        network=fv.network,
+        save_checkpoint_secs=fv.save_checkpoint_secs,
+        save_summaries_secs=fv.save_summaries_secs,
+        log_interval_secs=fv.log_interval_secs,
+        max_checkpoints_to_keep=fv.max_checkpoints_to_keep,
+        inference_timeout_ms=fv.inference_timeout_ms,
+        environment=environment,
+        learner=learner,
+    )
+    cfg.validate()
+    if cfg.task >= 0:
+        raise ValueError(
+            f'distributed mode (--task={cfg.task}, --job_name={cfg.job_name}) is not yet '
+            'supported; use --task=-1 for single-machine training'
+        )
+    return cfg
+
+
+def _fail(message: str) -> None:
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+    """Parses flags; a bad flag is one line on stderr and exit 2 (no usage dump)."""
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0])
+
+
+def run(cfg: config.ExperimentConfig) -> dict:
+    """Runs the experiment described by `cfg` (train or test mode)."""
+    # Imported here so that flag errors are reported without loading TensorFlow.
+    if cfg.mode == 'train':
+        from scalable_agent2 import train
+
+        return train.train(cfg)
+    elif cfg.mode == 'test':
+        from scalable_agent2 import evaluate
+
+        return evaluate.evaluate(cfg)
+    else:
+        raise ValueError(f'mode must be train or test, got {cfg.mode!r}')
+
+
+def _main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    try:
+        cfg = experiment_config(flags.FLAGS)
+        run(cfg)
+    except (ValueError, ImportError, OSError) as e:
+        # User mistakes (including a missing DeepMind Lab) are one line, no traceback.
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        logging.flush()
+        _fail(message)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: `python experiments/experiment.py --flag=value ...`."""
+    define_flags()
+    app.run(_main, argv=list(sys.argv if argv is None else argv), flags_parser=_parse_flags)

@@ -1,0 +1,190 @@
+"""Test mode: restore the latest checkpoint and run `test_num_episodes` episodes per level.
+
+Environments are created with the test-mode settings (`is_test=True`: DMLab-30 test levels,
+`mixerSeed`, hold-out levels; Atari no-op starts without life-loss ends). Each level's episodes
+are shared by up to `num_actors` environments, each running a fixed share (so short episodes
+are not favoured); all environments run in threads and share the agent through dynamic
+batching. Each environment carries its LSTM state across steps and episodes, exactly as a
+training actor does (the core resets itself on `done`).
+"""
+
+import json
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from scalable_agent2 import actor, checkpoints, config, environments, learner, networks, summaries
+from scalable_agent2 import train as train_lib
+
+TEST_RESULTS_FILE = 'test_results.json'
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """`total` items over `parts` workers as evenly as possible (no zero shares)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _run_episodes(
+    env: Any, policy: Any, initial_state: Any, num_episodes: int, stop: threading.Event
+) -> list[float]:
+    """Steps `env` with `policy` until `num_episodes` episodes end; returns their returns."""
+    returns: list[float] = []
+    env_output = env.initial()
+    state = initial_state
+    last_action = np.zeros([1], np.int32)
+    while len(returns) < num_episodes:
+        if stop.is_set():
+            raise RuntimeError('evaluation stopped')
+        agent_output, state = policy(last_action, actor.batch_env_output(env_output), state)
+        last_action = np.asarray(agent_output.action, np.int32).reshape([1])
+        env_output = env.step(int(last_action[0]))
+        if env_output.done:
+            returns.append(float(env_output.info.episode_return))
+    return returns
+
+
+def suite_results(cfg: config.ExperimentConfig, level_returns: dict[str, list[float]]) -> dict:
+    suite = summaries.suite_of(cfg.level_name)
+    if suite is None:
+        return {}
+    scores = summaries.suite_scores(suite, level_returns)
+    return {f'{suite}_{k}': v for k, v in scores.items()}
+
+
+def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
+    """Runs test mode and writes `<logdir>/test_results.json`.
+
+    Args:
+      cfg: validated experiment config (mode 'test').
+
+    Returns:
+      The results written: {'num_environment_frames', 'checkpoint', 'test_num_episodes',
+      'levels': {level: {'returns': [...], 'mean_return': float}}, and for suites
+      'dmlab30_no_cap'/'dmlab30_cap_100' or 'atari57_mean'/'atari57_median'}.
+
+    Raises:
+      checkpoints.NoCheckpointError: no checkpoint in logdir.
+      checkpoints.IncompatibleCheckpointError: it was written by another agent.
+    """
+    cfg.validate()
+    if cfg.task >= 0:
+        raise ValueError('distributed mode (--task >= 0) is not yet supported')
+    if not os.path.isdir(cfg.logdir):
+        raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir} (no such dir)')
+    train_lib.prepare_logdir(cfg.logdir)
+    tf.random.set_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    level_names = environments.expand_level_names(cfg.level_name, is_test=True)
+    if tf.train.latest_checkpoint(cfg.logdir) is None:
+        raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir}')
+
+    # Jobs: (level, episodes, env seed); `num_actors` threads run them, one env at a time each.
+    jobs = []
+    for level in level_names:
+        for share in _split(cfg.test_num_episodes, max(1, cfg.num_actors // len(level_names))):
+            jobs.append((level, share, cfg.seed + len(jobs)))
+    stop = threading.Event()
+    policy = None
+    first_env = environments.create_environment(
+        jobs[0][0], cfg.environment, seed=jobs[0][2], is_test=True
+    )
+    envs = {0: first_env}  # Created but not yet taken by a worker.
+    try:
+        obs_spec = first_env.observation_spec
+        agent_config = train_lib.agent_config_for(cfg, first_env)
+        agent = networks.ImpalaAgent(agent_config)
+        train_lib.create_agent_variables(agent, obs_spec)
+        the_learner = learner.Learner(agent, cfg.learner)
+        ckpt = checkpoints.Checkpointer(
+            cfg.logdir, the_learner.checkpoint_state, train_lib.agent_spec(agent_config, obs_spec)
+        )
+        path = ckpt.restore_latest(required=True, partial=True)
+        frames = int(the_learner.num_environment_frames.numpy())
+        logging.info('Testing checkpoint %s (%d environment frames).', path, frames)
+
+        policy = train_lib.make_batched_policy(agent, cfg.inference_timeout_ms)
+        initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
+        results: list[list[float] | None] = [None] * len(jobs)
+        errors: list[BaseException] = []
+        next_job = iter(range(len(jobs)))
+        lock = threading.Lock()
+
+        def work():
+            try:
+                while not stop.is_set():
+                    with lock:
+                        i = next(next_job, None)
+                    if i is None:
+                        return
+                    level, share, seed = jobs[i]
+                    env = envs.pop(i, None)
+                    if env is None:
+                        env = environments.create_environment(
+                            level, cfg.environment, seed=seed, is_test=True
+                        )
+                    try:
+                        if int(env.num_actions) != agent_config.num_actions:
+                            raise ValueError(
+                                f'level {level} has {env.num_actions} actions, the agent has '
+                                f'{agent_config.num_actions}'
+                            )
+                        results[i] = _run_episodes(env, policy, initial_state, share, stop)
+                    finally:
+                        env.close()
+            except BaseException as e:  # Reported below.
+                if not stop.is_set():
+                    errors.append(e)
+                    stop.set()
+
+        threads = [
+            threading.Thread(target=work, daemon=True, name=f'test_{i}')
+            for i in range(min(cfg.num_actors, len(jobs)))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            if isinstance(errors[0], ValueError):
+                raise errors[0]
+            raise RuntimeError(f'an evaluation thread failed: {errors[0]!r}') from errors[0]
+    finally:
+        stop.set()
+        if policy is not None:
+            policy.close()
+        for env in envs.values():
+            env.close()
+
+    level_returns: dict[str, list[float]] = {level: [] for level in level_names}
+    for (level, _, _), returns in zip(jobs, results, strict=True):
+        level_returns[level].extend(returns)
+    out: dict[str, Any] = {
+        'checkpoint': path,
+        'num_environment_frames': frames,
+        'test_num_episodes': cfg.test_num_episodes,
+        'levels': {
+            level: {'returns': returns, 'mean_return': float(np.mean(returns))}
+            for level, returns in level_returns.items()
+        },
+    }
+    for level, entry in out['levels'].items():
+        logging.info(
+            '%s: mean return %.3f over %d episodes',
+            level,
+            entry['mean_return'],
+            len(entry['returns']),
+        )
+    out.update(suite_results(cfg, level_returns))
+    for key in sorted(k for k in out if k.startswith(('dmlab30_', 'atari57_'))):
+        logging.info('%s: %.2f', key, out[key])
+    result_path = os.path.join(cfg.logdir, TEST_RESULTS_FILE)
+    with open(result_path + '.tmp', 'w') as f:
+        json.dump(out, f, indent=2)
+    os.replace(result_path + '.tmp', result_path)
+    logging.info('Wrote %s', result_path)
+    return out

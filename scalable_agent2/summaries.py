@@ -1,0 +1,164 @@
+"""Training summaries: episodes from learner batches, TensorBoard scalars, suite scores, progress.
+
+Episode statistics are read from the batches the learner trains on, as in the original: every
+`done` in `env_outputs[1:]` ends an episode whose return and length are in `info`.
+"""
+
+import collections
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.framework import summary_pb2
+
+from scalable_agent2.scoring import atari57, dmlab30
+
+_DMLAB30_PREFIX = 'contributed/dmlab30/'
+# What TensorBoard's scalar plugin writes (version-0 plugin data serialises to b''); using
+# `tf.summary.write` directly keeps the `tensorboard` package optional.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars', content=b'')
+)
+
+
+def write_scalar(name: str, value: float) -> None:
+    """Writes a float32 scalar summary to the default writer (at its default step)."""
+    tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+class Episode(NamedTuple):
+    """One finished episode: level name, return (unclipped) and length in frames."""
+
+    level_name: str
+    episode_return: float
+    episode_frames: int
+
+
+def episodes_from_batch(batch: Any, num_action_repeats: int) -> list[Episode]:
+    """The episodes that end inside a learner batch.
+
+    Args:
+      batch: `ActorOutput` (numpy) with level_name `[B]` and env_outputs fields `[T+1, B, ...]`.
+      num_action_repeats: frames per agent step.
+
+    Returns:
+      Episodes in time-major order; entry 0 of each unroll is skipped (it was reported with
+      the previous unroll).
+    """
+    done = np.asarray(batch.env_outputs.done)[1:]
+    returns = np.asarray(batch.env_outputs.info.episode_return)[1:]
+    steps = np.asarray(batch.env_outputs.info.episode_step)[1:]
+    levels = np.asarray(batch.level_name)
+    episodes = []
+    for t, b in zip(*np.nonzero(done), strict=True):
+        level = levels[b]
+        level = level.decode() if isinstance(level, bytes) else str(level)
+        episodes.append(Episode(level, float(returns[t, b]), int(steps[t, b]) * num_action_repeats))
+    return episodes
+
+
+def suite_of(level_name: str) -> str | None:
+    """'dmlab30', 'atari57' or None: the suite whose score a training run reports."""
+    if level_name == 'dmlab30':
+        return 'dmlab30'
+    if level_name == 'atari57':
+        return 'atari57'
+    return None
+
+
+def _scoring_name(level_name: str) -> str:
+    if level_name.startswith(_DMLAB30_PREFIX):
+        return level_name[len(_DMLAB30_PREFIX) :]
+    return level_name
+
+
+def suite_scores(suite: str, level_returns: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Human-normalised suite scores from per-level episode returns.
+
+    Args:
+      suite: 'dmlab30' or 'atari57'.
+      level_returns: level name -> episode returns (every level of the suite present).
+
+    Returns:
+      For 'dmlab30': `no_cap` and `cap_100` (mean HNS); for 'atari57': `mean` and `median`.
+    """
+    returns = {_scoring_name(k): list(v) for k, v in level_returns.items()}
+    if suite == 'dmlab30':
+        return {
+            'no_cap': dmlab30.compute_human_normalized_score(returns, per_level_cap=None),
+            'cap_100': dmlab30.compute_human_normalized_score(returns, per_level_cap=100),
+        }
+    elif suite == 'atari57':
+        mean, median = atari57.compute_mean_and_median_human_normalized_score(returns)
+        return {'mean': mean, 'median': median}
+    else:
+        raise ValueError(f'no suite score for {suite!r}; expected dmlab30 or atari57')
+
+
+class TrainingSummaries:
+    """Writes episode and learner scalars to TensorBoard, and suite scores when complete.
+
+    Scalars: `<level>/episode_return`, `<level>/episode_frames` per episode; each learner
+    metric under its name; `learning_rate`, `frames_per_second`; for DMLab-30
+    `dmlab30/training_no_cap` and `dmlab30/training_cap_100`, for Atari-57
+    `atari57/training_mean` and `atari57/training_median`, written once every level has at least
+    one return since the last time (then restarted).
+    """
+
+    def __init__(self, logdir: str, suite: str | None, level_names: Sequence[str]):
+        self._writer = tf.summary.create_file_writer(logdir)
+        self._suite = suite
+        self._level_names = list(dict.fromkeys(level_names))
+        self._pending: dict[str, list[float]] = collections.defaultdict(list)
+        self._recent: dict[str, collections.deque] = collections.defaultdict(
+            lambda: collections.deque(maxlen=100)
+        )
+
+    def recent_mean_returns(self) -> dict[str, float]:
+        """Level -> mean return of its last (up to 100) episodes."""
+        return {k: float(np.mean(v)) for k, v in sorted(self._recent.items()) if v}
+
+    def add_episodes(self, episodes: Sequence[Episode], step: int) -> None:
+        with self._writer.as_default(step=step):
+            for e in episodes:
+                write_scalar(f'{e.level_name}/episode_return', e.episode_return)
+                write_scalar(f'{e.level_name}/episode_frames', e.episode_frames)
+                self._recent[e.level_name].append(e.episode_return)
+                self._pending[e.level_name].append(e.episode_return)
+            if self._suite is not None and all(self._pending[k] for k in self._level_names):
+                scores = suite_scores(self._suite, {k: self._pending[k] for k in self._level_names})
+                for name, value in scores.items():
+                    write_scalar(f'{self._suite}/training_{name}', value)
+                logging.info('%s training scores: %s', self._suite, scores)
+                self._pending.clear()
+
+    def add_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        """Writes scalar metrics (tensors or numbers); non-scalars are skipped."""
+        with self._writer.as_default(step=step):
+            for name, value in scalars.items():
+                value = np.asarray(value)
+                if value.shape == () and value.dtype.kind in 'fiub':
+                    write_scalar(name, float(value))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class FrameRate:
+    """Frames per second between successive calls of `update`."""
+
+    def __init__(self, frames: int):
+        self._frames = frames
+        self._time = time.monotonic()
+
+    def update(self, frames: int) -> float:
+        now = time.monotonic()
+        rate = (frames - self._frames) / max(now - self._time, 1e-9)
+        self._frames, self._time = frames, now
+        return rate

@@ -1,0 +1,401 @@
+"""Single-machine training: actor threads, a small unroll queue, one learner.
+
+```
+actor threads (one env subprocess each) --unrolls--> FIFO queue (capacity batch_size)
+  --> prefetch thread (stacks batch_size unrolls time-major; holds 1 batch ready)
+  --> learner step (main thread) --> summaries, progress log, checkpoints
+```
+Actors run the agent through dynamic batching, reading the learner's variables directly (so
+weights may change within an unroll, as in the original's single-machine mode). The small
+queue and the one prefetched batch bound the policy lag.
+"""
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from scalable_agent2 import (
+    actor,
+    checkpoints,
+    config,
+    dynamic_batching,
+    environments,
+    learner,
+    networks,
+    summaries,
+)
+from scalable_agent2.types import StepOutput, StepOutputInfo
+
+_POLL_SECS = 0.1
+_JOIN_TIMEOUT_SECS = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared with evaluate.py.
+
+
+def prepare_logdir(logdir: str) -> None:
+    """Creates `logdir` if needed and checks it is writable (ValueError if not)."""
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        probe = os.path.join(logdir, f'.write_probe_{os.getpid()}')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f'logdir {logdir!r} is not writable: {e.strerror or e}') from e
+
+
+def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConfig:
+    """The agent's config for an environment (action count, instruction use) and the flags."""
+    return config.AgentConfig(
+        num_actions=int(env.num_actions),
+        torso=cfg.network,
+        use_instruction=bool(env.observation_spec.has_instruction),
+    ).validate()
+
+
+def agent_spec(agent_config: config.AgentConfig, observation_spec: Any) -> dict[str, Any]:
+    """What a checkpoint must match: the agent config and the frame shape/dtype."""
+    spec = dataclasses.asdict(agent_config)
+    spec['frame_shape'] = [int(d) for d in observation_spec.frame_shape]
+    spec['frame_dtype'] = str(observation_spec.frame_dtype)
+    return spec
+
+
+def dummy_env_output(observation_spec: Any) -> StepOutput:
+    """An all-zero `StepOutput` with a batch dimension of 1 (to create variables)."""
+    frame = np.zeros((1, *observation_spec.frame_shape), dtype=observation_spec.frame_dtype)
+    return StepOutput(
+        reward=np.zeros([1], np.float32),
+        info=StepOutputInfo(np.zeros([1], np.float32), np.zeros([1], np.int32)),
+        done=np.ones([1], np.bool_),
+        observation=(frame, np.array([''], dtype=object)),
+    )
+
+
+def create_agent_variables(agent: Any, observation_spec: Any) -> None:
+    """Runs one agent step on zeros so every variable exists (before restoring)."""
+    agent((np.zeros([1], np.int32), dummy_env_output(observation_spec)), agent.initial_state(1))
+
+
+def make_batched_policy(agent: Any, timeout_ms: int) -> Any:
+    """The agent step behind dynamic batching, for actor threads.
+
+    Returns:
+      A callable `(last_action [1], env_output [1, ...], core_state [1, ...]) ->
+      (AgentOutput [1, ...], core_state [1, ...])` with a `close()` method.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def step(last_action, env_output, core_state):
+        return agent((last_action, env_output), core_state)
+
+    return dynamic_batching.batch_fn_with_options(
+        minimum_batch_size=1, maximum_batch_size=1024, timeout_ms=timeout_ms
+    )(step)
+
+
+def write_config_json(path: str, cfg: config.ExperimentConfig, extra: dict[str, Any]) -> None:
+    data = dataclasses.asdict(cfg)
+    data.update(extra)
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+
+
+class StopOnSignals:
+    """Context manager: SIGINT/SIGTERM set an event instead of killing the process.
+
+    Signal handlers can only be installed from the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self, event: threading.Event):
+        self._event = event
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        del frame
+        logging.warning('Received %s; stopping after saving a checkpoint.', signal.Signals(signum))
+        self._event.set()
+
+    def __enter__(self) -> 'StopOnSignals':
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------------------------
+# Threads.
+
+
+class _Workers:
+    """Actor threads and the prefetch thread, with error collection and shutdown."""
+
+    def __init__(self, stop: threading.Event):
+        self._stop = stop
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def start(self, name: str, target: Callable[[], None]) -> None:
+        def run():
+            try:
+                target()
+            except BaseException as e:  # Reported to the main thread.
+                if not self._stop.is_set():
+                    logging.error('%s failed: %r', name, e)
+                    with self._lock:
+                        self._errors.append(e)
+                    self._stop.set()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def raise_first_error(self) -> None:
+        with self._lock:
+            if self._errors:
+                e = self._errors[0]
+                raise RuntimeError(f'a training thread failed: {e!r}') from e
+
+    def join(self) -> None:
+        deadline = time.monotonic() + _JOIN_TIMEOUT_SECS
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logging.warning('Thread %s did not stop in time.', thread.name)
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Puts `item` unless `stop` is set first; returns whether it was put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_SECS)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    """Gets an item, or None once `stop` is set."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=_POLL_SECS)
+        except queue.Empty:
+            continue
+    return None
+
+
+def _actor_loop(a: actor.Actor, unrolls: queue.Queue, stop: threading.Event) -> None:
+    while not stop.is_set():
+        if not _put(unrolls, a.unroll(), stop):
+            return
+
+
+def _prefetch_loop(
+    unrolls: queue.Queue, batches: queue.Queue, batch_size: int, stop: threading.Event
+) -> None:
+    while not stop.is_set():
+        items = []
+        while len(items) < batch_size:
+            item = _get(unrolls, stop)
+            if item is None:
+                return
+            items.append(item)
+        if not _put(batches, actor.stack_unrolls(items), stop):
+            return
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+
+
+def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
+    """Trains until `cfg.learner.total_environment_frames` (or SIGINT/SIGTERM).
+
+    Args:
+      cfg: validated experiment config with mode 'train'.
+
+    Returns:
+      {'num_environment_frames': int, 'learner_steps': int, 'resumed_from': int | None,
+       'checkpoint': path}.
+
+    Raises:
+      ValueError (or a subclass) for user mistakes: unknown level, unwritable logdir,
+      incompatible checkpoint; RuntimeError when a training thread fails.
+    """
+    cfg.validate()
+    if cfg.task >= 0:
+        raise ValueError('distributed mode (--task >= 0) is not yet supported')
+    prepare_logdir(cfg.logdir)
+    tf.random.set_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    level_names = environments.expand_level_names(cfg.level_name, is_test=False)
+    actor_levels = [level_names[i % len(level_names)] for i in range(cfg.num_actors)]
+    suite = summaries.suite_of(cfg.level_name)
+    if suite is not None and len(set(actor_levels)) < len(level_names):
+        logging.warning(
+            '%d actors cover %d of the %d %s levels; no suite score will be reported.',
+            cfg.num_actors,
+            len(set(actor_levels)),
+            len(level_names),
+            suite,
+        )
+        suite = None
+
+    stop = threading.Event()
+    envs: list[Any] = []
+    policy = None
+    workers = _Workers(stop)
+    writer = None
+    try:
+        for i, level in enumerate(actor_levels):
+            envs.append(
+                environments.create_environment(
+                    level, cfg.environment, seed=cfg.seed + i, is_test=False
+                )
+            )
+        obs_spec = envs[0].observation_spec
+        agent_config = agent_config_for(cfg, envs[0])
+        for env, level in zip(envs, actor_levels, strict=True):
+            if int(env.num_actions) != agent_config.num_actions:
+                raise ValueError(
+                    f'level {level} has {env.num_actions} actions, but {actor_levels[0]} has '
+                    f'{agent_config.num_actions}; levels of one run must share the action set'
+                )
+        agent = networks.ImpalaAgent(agent_config)
+        create_agent_variables(agent, obs_spec)
+        the_learner = learner.Learner(agent, cfg.learner)
+        ckpt = checkpoints.Checkpointer(
+            cfg.logdir,
+            the_learner.checkpoint_state,
+            agent_spec(agent_config, obs_spec),
+            max_to_keep=cfg.max_checkpoints_to_keep,
+        )
+        restored = ckpt.restore_latest()
+        frames = int(the_learner.num_environment_frames.numpy())
+        resumed_from = None
+        if restored:
+            resumed_from = frames
+            logging.info('Resumed from checkpoint %s at %d environment frames.', restored, frames)
+        write_config_json(
+            os.path.join(cfg.logdir, 'config.json'),
+            cfg,
+            {'agent': dataclasses.asdict(agent_config), 'level_names': actor_levels},
+        )
+
+        writer = summaries.TrainingSummaries(cfg.logdir, suite, actor_levels)
+        policy = make_batched_policy(agent, cfg.inference_timeout_ms)
+        unroll_queue: queue.Queue = queue.Queue(maxsize=cfg.learner.batch_size)
+        batch_queue: queue.Queue = queue.Queue(maxsize=1)
+        initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
+
+        with StopOnSignals(stop):
+            actors = [
+                actor.Actor(env, level, policy, initial_state, cfg.learner.unroll_length)
+                for env, level in zip(envs, actor_levels, strict=True)
+            ]
+            for i, a in enumerate(actors):
+                workers.start(f'actor_{i}', lambda a=a: _actor_loop(a, unroll_queue, stop))
+            workers.start(
+                'prefetch',
+                lambda: _prefetch_loop(unroll_queue, batch_queue, cfg.learner.batch_size, stop),
+            )
+            steps = _learner_loop(cfg, the_learner, batch_queue, unroll_queue, writer, ckpt, stop)
+        workers.raise_first_error()
+        frames = int(the_learner.num_environment_frames.numpy())
+        path = ckpt.save(frames)
+        logging.info('Training stopped at %d environment frames (%d learner steps).', frames, steps)
+        return {
+            'num_environment_frames': frames,
+            'learner_steps': steps,
+            'resumed_from': resumed_from,
+            'checkpoint': path,
+        }
+    finally:
+        stop.set()
+        if policy is not None:
+            policy.close()
+        workers.join()
+        for env in envs:
+            try:
+                env.close()
+            except Exception as e:  # Closing must not hide the original error.
+                logging.warning('Closing an environment failed: %r', e)
+        if writer is not None:
+            writer.close()
+
+
+def _learner_loop(
+    cfg: config.ExperimentConfig,
+    the_learner: Any,
+    batch_queue: queue.Queue,
+    unroll_queue: queue.Queue,
+    writer: summaries.TrainingSummaries,
+    ckpt: checkpoints.Checkpointer,
+    stop: threading.Event,
+) -> int:
+    """Trains on prefetched batches until the frame budget or `stop`; returns learner steps."""
+    total = cfg.learner.total_environment_frames
+    frames = int(the_learner.num_environment_frames.numpy())
+    rate = summaries.FrameRate(frames)
+    summary_rate = summaries.FrameRate(frames)
+    last_log = last_summary = last_checkpoint = time.monotonic()
+    steps = 0
+    while frames < total and not stop.is_set():
+        batch = _get(batch_queue, stop)
+        if batch is None:
+            break
+        metrics = the_learner.step(batch)
+        steps += 1
+        frames = int(the_learner.num_environment_frames.numpy())
+        writer.add_episodes(
+            summaries.episodes_from_batch(batch, cfg.learner.num_action_repeats), step=frames
+        )
+        now = time.monotonic()
+        if now - last_summary >= cfg.save_summaries_secs or steps == 1:
+            scalars = dict(metrics)
+            scalars['learning_rate'] = the_learner.learning_rate()
+            scalars['frames_per_second'] = summary_rate.update(frames)
+            writer.add_scalars(scalars, step=frames)
+            last_summary = now
+        if now - last_log >= cfg.log_interval_secs:
+            returns = writer.recent_mean_returns()
+            shown = ', '.join(f'{k}: {v:.2f}' for k, v in list(returns.items())[:8])
+            more = f' (+{len(returns) - 8} levels)' if len(returns) > 8 else ''
+            logging.info(
+                'frames %d/%d (%.1f%%), %.0f frames/s, learner steps %d, queue %d/%d; '
+                'mean return %s%s',
+                frames,
+                total,
+                100.0 * frames / total,
+                rate.update(frames),
+                steps,
+                unroll_queue.qsize(),
+                unroll_queue.maxsize,
+                shown or 'n/a',
+                more,
+            )
+            writer.flush()
+            last_log = now
+        if now - last_checkpoint >= cfg.save_checkpoint_secs:
+            ckpt.save(frames)
+            last_checkpoint = now
+    return steps
