@@ -112,3 +112,47 @@ def test_killed_environment_process_raises_within_seconds():
     assert time.monotonic() - start < 10
     env.close()
     env.close()
+
+
+def test_shared_memory_and_pipe_transports_agree_and_frames_are_copies():
+    cfg = config_lib.EnvironmentConfig()
+    actions = [t * 5 % 18 for t in range(40)]
+    outputs = {}
+    for shm in (True, False):
+        with environments.create_environment(
+            'atari/Pong', cfg, 4, False, use_shared_memory=shm
+        ) as env:
+            outputs[shm] = [env.initial()] + [env.step(a) for a in actions]
+    for a, b in zip(outputs[True], outputs[False], strict=True):
+        assert (a.reward, a.done, a.info) == (b.reward, b.done, b.info)
+        assert type(a.reward) is type(b.reward) is np.float32
+        assert type(a.info.episode_step) is np.int32
+        np.testing.assert_array_equal(a.observation[0], b.observation[0])
+    # Each returned frame is its own array, not a view of the shared block.
+    frames = [o.observation[0] for o in outputs[True]]
+    assert not any(np.shares_memory(frames[0], f) for f in frames[1:])
+    assert not np.array_equal(frames[1], frames[-1])
+
+
+def test_shared_memory_is_unlinked_on_close():
+    env = environments.create_environment(
+        'gym/CartPole-v1', config_lib.EnvironmentConfig(), 0, False
+    )
+    name = env._shm.name
+    assert os.path.exists(f'/dev/shm/{name}')
+    env.close()
+    env.close()
+    assert not os.path.exists(f'/dev/shm/{name}')
+
+
+def test_shared_memory_is_unlinked_after_a_crash():
+    env = environments.create_environment(
+        'gym/CartPole-v1', config_lib.EnvironmentConfig(), 0, False
+    )
+    name = env._shm.name
+    os.kill(env.pid, signal.SIGKILL)
+    with pytest.raises(py_process.PyProcessDiedError):
+        for _ in range(1000):
+            env.step(0)
+    env.close()
+    assert not os.path.exists(f'/dev/shm/{name}')

@@ -9,10 +9,16 @@ step is one round trip. Suite names (`dmlab30`, `atari57`) are expanded to level
 `expand_level_names`; actor `i` gets `names[i % len(names)]`.
 """
 
+import weakref
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
 from scalable_agent2 import config as config_lib
 from scalable_agent2 import py_process
 from scalable_agent2.environments.base import FlowEnvironment, ObservationSpec
-from scalable_agent2.types import StepOutput
+from scalable_agent2.types import StepOutput, StepOutputInfo
 
 GYM_PREFIX = 'gym/'
 ATARI_PREFIX = 'atari/'
@@ -94,6 +100,79 @@ def make_flow_environment(
     return FlowEnvironment(raw)
 
 
+def _shared_frame_environment(
+    level_name: str, config: config_lib.EnvironmentConfig, seed: int, is_test: bool
+) -> '_SharedFrameServer':
+    """The child-side object behind `Environment`, built in the subprocess."""
+    return _SharedFrameServer(make_flow_environment(level_name, config, seed, is_test))
+
+
+# A step's small fields as plain Python values (cheaper to pickle than numpy scalars):
+# (reward, done, episode_return, episode_step, instruction, frame or None).
+_Packed = tuple[float, bool, float, int, str, Any]
+
+
+class _SharedFrameServer:
+    """Runs in the child: steps a `FlowEnvironment` and writes each frame to shared memory.
+
+    With `use_shared_memory`, the frame goes through a `SharedMemory` block that the child
+    creates (its size is known only once the environment exists) and the parent unlinks; only
+    the small fields are pickled through the pipe. Otherwise the frame is pickled too.
+    """
+
+    def __init__(self, env: FlowEnvironment):
+        self._env = env
+        self._shm = None
+        self._frame = None
+        self.description = (env.num_actions, env.observation_spec)
+
+    def use_shared_memory(self) -> str:
+        """Switches frames to shared memory; returns the block's name."""
+        spec = self._env.observation_spec
+        nbytes = max(1, int(np.prod(spec.frame_shape)) * np.dtype(spec.frame_dtype).itemsize)
+        self._shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        self._frame = np.ndarray(spec.frame_shape, spec.frame_dtype, buffer=self._shm.buf)
+        return self._shm.name
+
+    def _pack(self, out: StepOutput) -> _Packed:
+        frame, instruction = out.observation
+        if self._frame is not None:
+            self._frame[...] = frame
+            frame = None
+        return (
+            float(out.reward),
+            bool(out.done),
+            float(out.info.episode_return),
+            int(out.info.episode_step),
+            instruction,
+            frame,
+        )
+
+    def initial(self) -> _Packed:
+        return self._pack(self._env.initial())
+
+    def step(self, action: int) -> _Packed:
+        return self._pack(self._env.step(action))
+
+    def close(self) -> None:
+        self._env.close()
+        self._frame = None
+        if self._shm is not None:
+            self._shm.close()  # The parent unlinks.
+
+
+def _release_shared_memory(shm: shared_memory.SharedMemory) -> None:
+    """Unlinks, then unmaps if no view remains (at exit a view may: the OS unmaps it)."""
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        shm.close()
+    except BufferError:
+        pass
+
+
 class Environment:
     """An environment running in a subprocess, with the original flow semantics.
 
@@ -103,28 +182,52 @@ class Environment:
       observation_spec: `ObservationSpec` of the frames.
     """
 
-    def __init__(self, process: py_process.PyProcess, level_name: str):
+    def __init__(self, process: py_process.PyProcess, level_name: str, use_shared_memory: bool):
         self._process = process
         self.level_name = level_name
-        self.num_actions: int = process.get_attr('num_actions')
-        self.observation_spec: ObservationSpec = process.get_attr('observation_spec')
+        num_actions, spec = process.get_attr('description')
+        self.num_actions: int = num_actions
+        self.observation_spec: ObservationSpec = spec
+        self._shm = None
+        self._frame = None
+        self._release = None
+        if use_shared_memory:
+            self._shm = shared_memory.SharedMemory(name=process.use_shared_memory())
+            # Unlinked on close(), on garbage collection or at interpreter exit.
+            self._release = weakref.finalize(self, _release_shared_memory, self._shm)
+            spec = self.observation_spec
+            self._frame = np.ndarray(spec.frame_shape, spec.frame_dtype, buffer=self._shm.buf)
 
     @property
     def pid(self) -> int | None:
         """The subprocess's id."""
         return self._process.pid
 
+    def _unpack(self, packed: _Packed) -> StepOutput:
+        reward, done, episode_return, episode_step, instruction, frame = packed
+        if frame is None:
+            frame = self._frame.copy()  # The next step overwrites the shared block.
+        return StepOutput(
+            reward=np.float32(reward),
+            info=StepOutputInfo(np.float32(episode_return), np.int32(episode_step)),
+            done=done,
+            observation=(frame, instruction),
+        )
+
     def initial(self) -> StepOutput:
         """Starts an episode: reward 0, zero info, `done=True`, the first observation."""
-        return self._process.call('initial')
+        return self._unpack(self._process.call('initial'))
 
     def step(self, action: int) -> StepOutput:
         """One agent step; on episode end `observation` is the next episode's first."""
-        return self._process.call('step', int(action))
+        return self._unpack(self._process.call('step', int(action)))
 
     def close(self) -> None:
-        """Closes the environment and its subprocess. Idempotent."""
+        """Closes the environment, its subprocess and shared memory. Idempotent."""
         self._process.close()
+        self._frame = None
+        if self._release is not None:
+            self._release()  # Runs once.
 
     def __enter__(self) -> 'Environment':
         return self
@@ -134,7 +237,12 @@ class Environment:
 
 
 def create_environment(
-    level_name: str, config: config_lib.EnvironmentConfig, seed: int, is_test: bool
+    level_name: str,
+    config: config_lib.EnvironmentConfig,
+    seed: int,
+    is_test: bool,
+    *,
+    use_shared_memory: bool = True,
 ) -> Environment:
     """Starts `level_name` in a subprocess and returns its parent-side handle.
 
@@ -143,6 +251,8 @@ def create_environment(
       config: `EnvironmentConfig`.
       seed: the environment's seed.
       is_test: evaluation mode (DMLab test config; Atari: no episode end on life loss).
+      use_shared_memory: pass frames through shared memory instead of pickling them through
+        the pipe (faster; see docs/BENCHMARKS.md).
 
     Raises:
       ValueError: unknown suite, level, game or Gymnasium id (listing what is available), a
@@ -150,9 +260,9 @@ def create_environment(
     """
     config.validate()
     _suite_of(level_name)  # Fail fast, in the parent, for names we can check cheaply.
-    process = py_process.PyProcess(make_flow_environment, level_name, config, seed, is_test)
+    process = py_process.PyProcess(_shared_frame_environment, level_name, config, seed, is_test)
     try:
-        return Environment(process, level_name)
+        return Environment(process, level_name, use_shared_memory)
     except BaseException:
         process.close()
         raise
