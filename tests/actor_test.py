@@ -1,0 +1,189 @@
+"""Tests for the actor's unroll loop: T+1 entries, persistence between unrolls, stacking."""
+
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scalable_agent2 import actor, config, networks, train
+from scalable_agent2.environments.base import ObservationSpec
+from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
+
+NUM_ACTIONS = 3
+
+
+class CountingEnv:
+    """Episodes of `episode_length` steps; the frame is [step counter, last action]."""
+
+    def __init__(self, episode_length=4):
+        self.episode_length = episode_length
+        self.actions = []  # Every action received, in order.
+        self._t = 0
+        self._step = 0
+        self._return = 0.0
+        self.num_actions = NUM_ACTIONS
+        self.observation_spec = ObservationSpec((2,), 'float32', False)
+
+    def _obs(self, action):
+        return (np.array([self._t, action], np.float32), f'instr {self._t}')
+
+    def initial(self):
+        return StepOutput(
+            np.float32(0), StepOutputInfo(np.float32(0), np.int32(0)), True, self._obs(-1)
+        )
+
+    def step(self, action):
+        self.actions.append(action)
+        self._t += 1
+        self._step += 1
+        reward = float(action) + 0.5
+        self._return += reward
+        info = StepOutputInfo(np.float32(self._return), np.int32(self._step))
+        done = self._step == self.episode_length
+        if done:
+            self._step, self._return = 0, 0.0
+        return StepOutput(np.float32(reward), info, done, self._obs(action))
+
+
+class RecordingPolicy:
+    """Deterministic numpy policy; the state counts calls. Records its inputs."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, last_action, env_output, state):
+        assert last_action.shape == (1,) and last_action.dtype == np.int32
+        assert env_output.observation[0].shape == (1, 2)
+        assert env_output.observation[1].shape == (1,)
+        self.calls.append(
+            (int(last_action[0]), float(env_output.observation[0][0, 0]), state.copy())
+        )
+        t = env_output.observation[0][0, 0]
+        action = np.array([int(t * 7 + state[0, 0]) % NUM_ACTIONS], np.int32)
+        logits = np.full([1, NUM_ACTIONS], t, np.float32)
+        return AgentOutput(action, logits, np.array([t / 2], np.float32)), state + 1
+
+
+def test_unroll_has_t_plus_one_entries_and_persists_between_unrolls():
+    env, policy, T = CountingEnv(), RecordingPolicy(), 5
+    a = actor.Actor(env, 'level', policy, np.zeros([1, 2], np.float32), T)
+    u1, u2, u3 = a.unroll(), a.unroll(), a.unroll()
+    for u in (u1, u2, u3):
+        assert u.level_name == 'level'
+        assert u.env_outputs.reward.shape == (T + 1,)
+        assert u.env_outputs.observation[0].shape == (T + 1, 2)
+        assert u.agent_outputs.policy_logits.shape == (T + 1, NUM_ACTIONS)
+        assert u.agent_outputs.action.dtype == np.int32
+    # First unroll starts from env.initial() and an all-zero agent output.
+    assert u1.env_outputs.done[0] and u1.env_outputs.observation[0][0, 0] == 0
+    assert u1.agent_outputs.action[0] == 0 and np.all(u1.agent_outputs.policy_logits[0] == 0)
+    # Each unroll starts with the previous unroll's last entry.
+    for prev, nxt in ((u1, u2), (u2, u3)):
+        for x, y in zip(tf.nest.flatten(prev.env_outputs), tf.nest.flatten(nxt.env_outputs)):
+            assert np.array_equal(np.asarray(x[-1]), np.asarray(y[0]))
+        for x, y in zip(tf.nest.flatten(prev.agent_outputs), tf.nest.flatten(nxt.agent_outputs)):
+            assert np.array_equal(x[-1], y[0])
+    # The frame counter runs on without gaps or repeats: 0..T, T..2T, 2T..3T.
+    frames = [u.env_outputs.observation[0][:, 0] for u in (u1, u2, u3)]
+    for k, f in enumerate(frames):
+        np.testing.assert_array_equal(f, np.arange(k * T, (k + 1) * T + 1))
+    # Agent state at an unroll's start = state after the previous unroll's last step.
+    # The probe call (zero agent output) does not advance the state.
+    np.testing.assert_array_equal(u1.agent_state, [[0, 0]])
+    np.testing.assert_array_equal(u2.agent_state, [[T, T]])
+    np.testing.assert_array_equal(u3.agent_state, [[2 * T, 2 * T]])
+
+
+def test_alignment_of_actions_and_env_outputs():
+    env, policy, T = CountingEnv(episode_length=3), RecordingPolicy(), 4
+    a = actor.Actor(env, 'level', policy, np.zeros([1, 1], np.float32), T)
+    unrolls = [a.unroll() for _ in range(3)]
+    actions = np.concatenate([u.agent_outputs.action[1:] for u in unrolls])
+    # agent_outputs.action[t] is the action that produced env_outputs[t].
+    np.testing.assert_array_equal(actions, env.actions)
+    for u in unrolls:
+        np.testing.assert_array_equal(
+            u.env_outputs.observation[0][1:, 1], u.agent_outputs.action[1:]
+        )
+        # agent_outputs[t] was computed from env_outputs[t-1] (logits = its frame counter).
+        np.testing.assert_array_equal(
+            u.agent_outputs.policy_logits[1:, 0], u.env_outputs.observation[0][:-1, 0]
+        )
+    # The policy's last-action input is the previous step's action (0 at the very start).
+    calls = policy.calls[1:]  # Skip the probe call.
+    np.testing.assert_array_equal([c[0] for c in calls], np.concatenate([[0], env.actions[:-1]]))
+    # Episode bookkeeping passes through: done every 3 steps, return of the ended episode.
+    done = np.concatenate([u.env_outputs.done[1:] for u in unrolls])
+    np.testing.assert_array_equal(np.nonzero(done)[0], [2, 5, 8, 11])
+    returns = np.concatenate([u.env_outputs.info.episode_return[1:] for u in unrolls])
+    expected = [sum(np.asarray(env.actions[i - 2 : i + 1]) + 0.5) for i in (2, 5, 8, 11)]
+    np.testing.assert_allclose(returns[done], expected)
+
+
+def test_stack_unrolls_is_time_major():
+    T, B = 3, 4
+    unrolls = []
+    for b in range(B):
+        a = actor.Actor(
+            CountingEnv(), f'level_{b}', RecordingPolicy(), np.full([1, 2], b, np.float32), T
+        )
+        unrolls.append(a.unroll())
+    batch = actor.stack_unrolls(unrolls)
+    assert list(batch.level_name) == [f'level_{b}' for b in range(B)]
+    assert batch.agent_state.shape == (B, 2)
+    np.testing.assert_array_equal(batch.agent_state[:, 0], np.arange(B))
+    assert batch.env_outputs.observation[0].shape == (T + 1, B, 2)
+    assert batch.env_outputs.observation[1].shape == (T + 1, B)
+    assert batch.agent_outputs.policy_logits.shape == (T + 1, B, NUM_ACTIONS)
+    for b in range(B):
+        np.testing.assert_array_equal(
+            batch.agent_outputs.action[:, b], unrolls[b].agent_outputs.action
+        )
+        np.testing.assert_array_equal(batch.env_outputs.done[:, b], unrolls[b].env_outputs.done)
+    # Strings convert to a tf.string tensor (what the learner receives).
+    assert tf.convert_to_tensor(batch.env_outputs.observation[1]).dtype == tf.string
+    assert tf.convert_to_tensor(batch.level_name).dtype == tf.string
+    with pytest.raises(ValueError, match='at least one'):
+        actor.stack_unrolls([])
+
+
+def test_actors_in_threads_with_the_real_agent_and_dynamic_batching():
+    """Several actor threads share one batched agent; their unrolls feed a learner-shaped batch."""
+    tf.random.set_seed(0)
+    agent = networks.ImpalaAgent(
+        config.AgentConfig(num_actions=NUM_ACTIONS, torso='mlp', core_size=8)
+    )
+    train.create_agent_variables(agent, CountingEnv().observation_spec)
+    policy = train.make_batched_policy(agent, timeout_ms=5)
+    initial = tf.nest.map_structure(np.asarray, agent.initial_state(1))
+    T, n = 6, 4
+    actors = [actor.Actor(CountingEnv(), f'l{i}', policy, initial, T) for i in range(n)]
+    results = [None] * n
+
+    def run(i):
+        results[i] = [actors[i].unroll() for _ in range(2)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+            assert not t.is_alive()
+    finally:
+        policy.close()
+    batch = actor.stack_unrolls([r[1] for r in results])
+    assert batch.agent_outputs.policy_logits.shape == (T + 1, n, NUM_ACTIONS)
+    assert batch.agent_state.hidden.shape == (n, 8)
+    # The recorded behaviour logits are what the agent computes on the same inputs and state.
+    u = results[0][0]
+    state = tf.nest.map_structure(tf.convert_to_tensor, u.agent_state)
+    for t in range(1, T + 1):
+        env_output = actor.batch_env_output(
+            tf.nest.map_structure(lambda x, t=t: x[t - 1], u.env_outputs)
+        )
+        out, state = agent((u.agent_outputs.action[t - 1 : t], env_output), state)
+        np.testing.assert_allclose(
+            out.policy_logits[0], u.agent_outputs.policy_logits[t], rtol=1e-5, atol=1e-5
+        )
