@@ -256,7 +256,12 @@ class PyProcess:
                 ) from None
             try:
                 return self._receive(timeout, what=f'call {name!r}')
-            except (PyProcessDiedError, PyProcessTimeoutError):
+            except PyProcessTimeoutError:
+                self._closed = True
+                self._process.terminate()  # Busy in the call: a polite close would wait.
+                self._finalizer()
+                raise
+            except PyProcessDiedError:
                 self._closed = True
                 self._finalizer()
                 raise

@@ -175,18 +175,21 @@ def test_close_is_idempotent_and_reaps_the_child():
         proc.increment()
 
 
-def test_children_are_closed_at_interpreter_exit(tmp_path):
+def test_tf_parent_and_children_closed_at_interpreter_exit(tmp_path):
     # A fresh interpreter starts a child and exits without close(); the child must go too.
     import subprocess
     import sys
 
     script = tmp_path / 'leave_open.py'
+    # TensorFlow is loaded and used in the parent first: children must not be forked from it.
     script.write_text(
-        'import sys\n'
+        'import tensorflow as tf\n'
         'from scalable_agent2 import py_process\n'
         'from tests.py_process_test import Counter\n'
         'if __name__ == "__main__":\n'
+        '    assert int(tf.constant(2) + 1) == 3\n'
         '    proc = py_process.PyProcess(Counter, 0)\n'
+        '    assert proc.increment() == 1\n'
         '    print(proc.pid, flush=True)\n'
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,4 +198,4 @@ def test_children_are_closed_at_interpreter_exit(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert _wait_gone(int(out.stdout.split()[0]))
+    assert _wait_gone(int(out.stdout.split()[-1]))
