@@ -1,0 +1,146 @@
+"""Tests for test mode: episode bookkeeping, state carried across steps, checkpoints, results."""
+
+import dataclasses
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scalable_agent2 import checkpoints, config, environments, evaluate, learner, networks, train
+from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
+
+
+class EpisodicEnv:
+    """Episode k (from 0) lasts k + 1 steps and pays 1 per step; frame = [global step]."""
+
+    def __init__(self):
+        self._t = 0
+        self._k = 0
+        self._step = 0
+
+    def _out(self, reward, done, ret, steps):
+        return StepOutput(
+            np.float32(reward),
+            StepOutputInfo(np.float32(ret), np.int32(steps)),
+            done,
+            (np.array([self._t], np.float32), ''),
+        )
+
+    def initial(self):
+        return self._out(0.0, True, 0.0, 0)
+
+    def step(self, action):
+        self._t += 1
+        self._step += 1
+        if self._step == self._k + 1:
+            steps = self._step
+            self._k += 1
+            self._step = 0
+            return self._out(1.0, True, float(steps), steps)
+        return self._out(1.0, False, float(self._step), self._step)
+
+
+def test_split_is_even_and_has_no_empty_shares():
+    assert evaluate._split(10, 4) == [3, 3, 2, 2]
+    assert evaluate._split(3, 8) == [1, 1, 1]
+    assert evaluate._split(5, 1) == [5]
+    for total in range(1, 20):
+        for parts in range(1, 10):
+            shares = evaluate._split(total, parts)
+            assert sum(shares) == total and min(shares) >= 1 and max(shares) - min(shares) <= 1
+
+
+def test_run_episodes_counts_episodes_and_carries_state():
+    seen_states = []
+
+    def policy(last_action, env_output, state):
+        seen_states.append(int(state[0]))
+        frame = env_output.observation[0][0, 0]
+        action = np.array([int(frame) % 2], np.int32)
+        assert last_action[0] == (int(frame) - 1) % 2 if frame > 0 else last_action[0] == 0
+        return AgentOutput(action, np.zeros([1, 2]), np.zeros([1])), state + 1
+
+    returns = evaluate._run_episodes(
+        EpisodicEnv(), policy, np.zeros([1], np.int64), 4, threading.Event()
+    )
+    assert returns == [1.0, 2.0, 3.0, 4.0]
+    # One call per step (1 + 2 + 3 + 4 steps); the state is never reset by the loop itself.
+    assert seen_states == list(range(10))
+
+
+def _save_cartpole_checkpoint(logdir, frames):
+    cfg = config.ExperimentConfig(
+        logdir=str(logdir),
+        level_name='gym/CartPole-v1',
+        network='mlp',
+        environment=config.EnvironmentConfig(num_action_repeats=1),
+        learner=config.LearnerConfig(num_action_repeats=1, use_xla=False),
+    ).validate()
+    env = environments.create_environment('gym/CartPole-v1', cfg.environment, 0, False)
+    try:
+        agent_config = train.agent_config_for(cfg, env)
+        spec = env.observation_spec
+    finally:
+        env.close()
+    agent = networks.ImpalaAgent(agent_config)
+    train.create_agent_variables(agent, spec)
+    the_learner = learner.Learner(agent, cfg.learner)
+    the_learner.num_environment_frames.assign(frames)
+    ckpt = checkpoints.Checkpointer(
+        cfg.logdir, the_learner.checkpoint_state, train.agent_spec(agent_config, spec)
+    )
+    ckpt.save(frames)
+    return cfg, agent
+
+
+def test_evaluate_writes_results(tmp_path):
+    cfg, _ = _save_cartpole_checkpoint(tmp_path, 1234)
+    cfg = dataclasses.replace(cfg, mode='test', test_num_episodes=3)
+    results = evaluate.evaluate(cfg)
+    with open(os.path.join(tmp_path, evaluate.TEST_RESULTS_FILE)) as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(results))
+    assert written['num_environment_frames'] == 1234
+    level = written['levels']['gym/CartPole-v1']
+    assert len(level['returns']) == 3
+    # CartPole pays 1 per step and lasts at least ~8 steps.
+    assert all(r >= 5 and r == int(r) for r in level['returns'])
+    assert level['mean_return'] == pytest.approx(np.mean(level['returns']))
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
+    cfg = config.ExperimentConfig(
+        logdir=str(tmp_path / 'empty'), mode='test', level_name='gym/CartPole-v1', network='mlp'
+    )
+    with pytest.raises(checkpoints.NoCheckpointError, match='no checkpoint'):
+        evaluate.evaluate(cfg)
+    os.makedirs(tmp_path / 'empty')
+    with pytest.raises(checkpoints.NoCheckpointError, match='no checkpoint'):
+        evaluate.evaluate(cfg)
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_agent(tmp_path):
+    cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
+    # Acrobot: 3 actions and 6-dim observations instead of 2 and 4.
+    other = dataclasses.replace(cfg, mode='test', level_name='gym/Acrobot-v1')
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='num_actions=2'):
+        evaluate.evaluate(other)
+
+
+def test_checkpointer_round_trip_and_shape_mismatch(tmp_path):
+    v = tf.Variable([1.0, 2.0])
+    ckpt = checkpoints.Checkpointer(str(tmp_path), {'v': v}, {'a': 1})
+    assert ckpt.restore_latest() is None
+    ckpt.save(5)
+    v.assign([0.0, 0.0])
+    assert ckpt.restore_latest(required=True).endswith('ckpt-5')
+    np.testing.assert_array_equal(v.numpy(), [1.0, 2.0])
+    # Same spec file but a variable of another shape: still a clear error.
+    w = tf.Variable([1.0, 2.0, 3.0])
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not match'):
+        checkpoints.Checkpointer(str(tmp_path), {'v': w}, {'a': 1}).restore_latest()
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='a=1 \\(now 2\\)'):
+        checkpoints.Checkpointer(str(tmp_path), {'v': v}, {'a': 2}).restore_latest()
