@@ -19,6 +19,7 @@ Uses `networks.ImpalaAgent(AgentConfig(num_actions=18, torso='shallow'))` when
 import argparse
 import collections
 import statistics
+import sys
 import threading
 import time
 
@@ -142,8 +143,13 @@ def main():
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--seconds', type=float, default=3.0)
     parser.add_argument('--modes', default=','.join(MODES))
+    parser.add_argument(
+        '--switch_interval_ms', type=float, default=None, help='sys.setswitchinterval (GIL)'
+    )
     args = parser.parse_args()
     modes = args.modes.split(',')
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
 
     agent, agent_name = _make_agent()
 
@@ -153,7 +159,10 @@ def main():
         batch_size = tf.shape(last_action)[0]
         return (agent_output, new_state), tf.fill([batch_size], batch_size)
 
-    print(f'agent: {agent_name}; TF {tf.__version__}; rounds={args.rounds} x {args.seconds}s')
+    print(
+        f'agent: {agent_name}; TF {tf.__version__}; rounds={args.rounds} x {args.seconds}s; '
+        f'GIL switch interval {sys.getswitchinterval() * 1000:g} ms'
+    )
     print()
     print('| threads | mode | calls/s (median) | vs direct | batch sizes (size: batches) |')
     print('|---|---|---|---|---|')

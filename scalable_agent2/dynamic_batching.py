@@ -144,11 +144,17 @@ class _Batcher:
           The nest that `f` returned, each tensor sliced to this call's `[1, ...]` row.
 
         Raises:
-          ValueError: an input's leading dimension is not 1 (raised at once), or the batch could
-            not be formed or its outputs were malformed (see `get_inputs` / `set_outputs`).
+          ValueError: called while tracing a `tf.function`, or an input's leading dimension is
+            not 1 (both raised at once), or the batch could not be formed or its outputs were
+            malformed (see `get_inputs` / `set_outputs`).
           tf.errors.CancelledError: the batcher was closed before or while this call waited.
           Exception: whatever `f` raised on this call's batch (a copy, chained to the original).
         """
+        if not tf.executing_eagerly():
+            raise ValueError(
+                'dynamic batching: call the batched function eagerly (from Python threads), '
+                'not while tracing a tf.function'
+            )
         flat = [_leaf(x) for x in tf.nest.flatten(args)]
         for i, t in enumerate(flat):
             shape = tuple(t.shape)
@@ -206,16 +212,12 @@ class _Batcher:
           tf.errors.CancelledError: the batcher was closed.
         """
         while True:
-            calls, batch = self._take_batch()
-            mismatched = [c for c in calls if c.signature != calls[0].signature]
-            if mismatched:
-                # The batch cannot be formed: every caller in it gets the error.
-                error = ValueError(
-                    'dynamic batching: shapes of inputs must be equal for all calls in a batch; '
-                    f'got {_describe(calls[0].signature)} and {_describe(mismatched[0].signature)}'
-                )
+            calls, dequeued = self._take_calls()
+            try:
+                batch = self._form_batch(calls, dequeued)
+            except Exception as e:  # noqa: BLE001 - the batch's callers get it; keep serving.
                 for call in calls:
-                    call.finish(error=error)
+                    call.finish(error=e)
                 continue
             with self._cond:
                 if self._closed:
@@ -224,8 +226,13 @@ class _Batcher:
                 self._in_flight[computation_id] = calls
             return tf.nest.pack_sequence_as(calls[0].args, batch), computation_id
 
-    def _take_batch(self) -> tuple[list[_Call], list[tf.Tensor] | None]:
-        """Waits for the batch conditions, then removes up to max calls and concatenates them."""
+    def _take_calls(self) -> tuple[list[_Call], Any]:
+        """Waits for the batch conditions, then removes up to `maximum_batch_size` calls.
+
+        Returns:
+          (calls, dequeued): for the 'queue' implementation `dequeued` holds their inputs (or
+          the exception that dequeuing raised); else None.
+        """
         with self._cond:
             deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
             while not self._closed and len(self._pending) < self._minimum_batch_size:
@@ -243,15 +250,31 @@ class _Batcher:
                 raise _cancelled('dynamic batching: the batcher is closed')
             calls = self._pending[: self._maximum_batch_size]
             del self._pending[: self._maximum_batch_size]
-            if self._use_queue:
+            if not self._use_queue:
+                return calls, None
+            try:
                 # Under the lock so that the queue's order matches `calls`.
-                batch = self._queue.dequeue_many(len(calls))
-                return calls, list(batch) if isinstance(batch, list | tuple) else [batch]
-        if any(c.signature != calls[0].signature for c in calls):
-            return calls, None
+                return calls, self._queue.dequeue_many(len(calls))
+            except Exception as e:  # noqa: BLE001 - raised to the callers by _form_batch.
+                return calls, e
+
+    @staticmethod
+    def _form_batch(calls: list[_Call], dequeued: Any) -> list[tf.Tensor | np.ndarray]:
+        """The flat batched inputs of `calls`; ValueError if their shapes differ."""
+        if isinstance(dequeued, BaseException):
+            raise dequeued
+        if dequeued is not None:
+            return list(dequeued) if isinstance(dequeued, list | tuple) else [dequeued]
+        mismatched = [c for c in calls if c.signature != calls[0].signature]
+        if mismatched:
+            # The batch cannot be formed: every caller in it gets the error.
+            raise ValueError(
+                'dynamic batching: shapes of inputs must be equal for all calls in a batch; '
+                f'got {_describe(calls[0].signature)} and {_describe(mismatched[0].signature)}'
+            )
         if len(calls) == 1:
-            return calls, calls[0].flat
-        return calls, [_concat(ts) for ts in zip(*(c.flat for c in calls))]
+            return calls[0].flat
+        return [_concat(ts) for ts in zip(*(c.flat for c in calls))]
 
     def _pop_in_flight(self, computation_id: int) -> list[_Call] | None:
         with self._cond:
@@ -441,7 +464,7 @@ def _serve(batcher: _Batcher, callable_for: Callable[[tuple], Callable[..., Any]
             return
         try:
             outputs = callable_for(args)(*args)
-        except Exception as e:  # noqa: BLE001 - reaches every caller; keep serving.
+        except BaseException as e:  # noqa: BLE001 - reaches every caller; keep serving.
             batcher.set_error(e, computation_id)
             continue
         batcher.set_outputs(outputs, computation_id)

@@ -152,6 +152,36 @@ def test_input_batch_size_should_be_one(implementation):
         f.close()
 
 
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_calling_inside_a_tf_function_is_a_clear_error(implementation):
+    f = _options(implementation)(lambda a: a)
+    try:
+        with pytest.raises(ValueError, match='eagerly'):
+            tf.function(f)(tf.constant([1]))
+    finally:
+        f.close()
+
+
+class _Unrelated(BaseException):
+    pass
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_base_exception_in_f_reaches_the_caller_and_batcher_keeps_serving(implementation):
+    def g(a):
+        if a.numpy()[0] < 0:
+            raise _Unrelated('not an Exception')
+        return a
+
+    f = _options(implementation)(g)
+    try:
+        with pytest.raises(_Unrelated):
+            f(tf.constant([-1]))
+        np.testing.assert_array_equal(f(tf.constant([1])), [1])
+    finally:
+        f.close()
+
+
 def test_concurrent_input_shapes_should_be_equal_python(pool):
     f = _options('python', minimum_batch_size=2, timeout_ms=None)(lambda a, b: a + b)
     try:
