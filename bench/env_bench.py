@@ -1,6 +1,6 @@
 """Environment throughput: the physical limit every training figure is compared with.
 
-    python bench/env_bench.py [--seconds=2] [--rounds=3] [--num_envs=1,2,4,8]
+    python bench/env_bench.py [--seconds=1] [--rounds=5] [--num_envs=1,2,4,8]
 
 Part 1, subprocess round trip: median time of one `PyProcess` call returning a pickled
 `StepOutput` whose frame is uint8 84x84x4 (Atari) or 72x96x3 (DeepMind Lab), next to an empty
@@ -15,7 +15,10 @@ Part 2, random-policy environment frames/s on Pong (frames = agent steps x 4 act
       thread in the parent (as actor threads drive them in training); frames through shared
       memory (the default) and (b') pickled through the pipe;
   (c) ale-py's C++ `AtariVectorEnv` with N envs and N threads, stepped as one batch.
-Each figure is the median over `rounds` runs of `seconds` seconds each. Prints markdown tables.
+(a) is measured again next to each N. Within a round every variant runs once, in turn, so that
+load from other processes affects them alike; each figure is the median over `rounds` rounds
+(`seconds` seconds each for throughput; 2 x `rounds` rounds for round trips). Prints markdown
+tables; throughput in env frames/s.
 """
 
 import argparse
@@ -72,131 +75,150 @@ def constant_frame_server(shape):
     return environments._SharedFrameServer(base.FlowEnvironment(ConstantFrameEnv(shape)))
 
 
-def _median_call_us(fn, calls: int, rounds: int) -> float:
-    """Median over rounds of the mean microseconds per call."""
-    per_round = []
+def _interleaved_medians(fns: dict, rounds: int) -> dict:
+    """Calls every measurement once per round, in turn, so that load from other processes
+    affects them alike; returns the median of each over the rounds."""
+    results = {name: [] for name in fns}
     for _ in range(rounds):
+        for name, fn in fns.items():
+            results[name].append(fn())
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def _us_per_call(fn, calls: int):
+    """A measurement: mean microseconds per `fn(action)` over `calls` calls."""
+
+    def measure() -> float:
         start = time.perf_counter()
         for i in range(calls):
             fn(i % 18)
-        per_round.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(per_round)
+        return (time.perf_counter() - start) / calls * 1e6
+
+    return measure
 
 
 def round_trip(rounds: int) -> None:
     cfg = config_lib.EnvironmentConfig()
-    env = base.FlowEnvironment(atari.AtariEnvironment('pong', cfg, 0, False))
-    env.initial()
-    atari_us = _median_call_us(env.step, 1000, rounds)
-    env.close()
-    print('\n| payload | round trip (us) | vs Atari step |')
-    print('|---|---|---|')
-    print(f'| in-process Atari step (Pong) | {atari_us:.0f} | 1.00 |')
-    for name, shape in [('empty call (no frame)', None), *FRAME_SHAPES.items()]:
-        with py_process.PyProcess(FrameServer, shape) as proc:
-            proc.step(0)
-            us = _median_call_us(proc.step, 2000, rounds)
-        print(f'| pickled StepOutput, {name} | {us:.0f} | {us / atari_us:.2f} |')
+    atari_env = base.FlowEnvironment(atari.AtariEnvironment('pong', cfg, 0, False))
+    atari_env.initial()
+    to_close = [atari_env]
+    fns = {
+        'in-process Atari step (Pong, 4 frames + preprocessing)': _us_per_call(atari_env.step, 300)
+    }
+    for name, shape in [('no frame', None), *FRAME_SHAPES.items()]:
+        proc = py_process.PyProcess(FrameServer, shape)
+        to_close.append(proc)
+        fns[f'`PyProcess` call, pickled `StepOutput`, {name}'] = _us_per_call(proc.step, 500)
     for name, shape in FRAME_SHAPES.items():
         for shm in (False, True):
             proc = py_process.PyProcess(constant_frame_server, shape)
-            with environments.Environment(proc, 'constant', use_shared_memory=shm) as env:
-                env.initial()
-                us = _median_call_us(env.step, 2000, rounds)
-            how = 'shared memory' if shm else 'pipe'
-            print(
-                f'| `Environment.step`, {name}, frame via {how} | {us:.0f} | {us / atari_us:.2f} |'
-            )
-
-
-def _run_threads(envs, seconds: float) -> float:
-    """Steps every env from its own thread for `seconds`; returns env frames per second."""
-    counts = [0] * len(envs)
-    stop = threading.Event()
-
-    def drive(i, env):
-        rng = np.random.default_rng(i)
-        while not stop.is_set():
-            env.step(int(rng.integers(18)))
-            counts[i] += 1
-
-    threads = [threading.Thread(target=drive, args=(i, e)) for i, e in enumerate(envs)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    return sum(counts) * 4 / (time.perf_counter() - start)
-
-
-def in_process(seconds: float, rounds: int) -> float:
-    env = base.FlowEnvironment(atari.AtariEnvironment('pong', config_lib.EnvironmentConfig(), 0, 0))
-    env.initial()
-    fps = statistics.median(_run_threads([env], seconds) for _ in range(rounds))
-    env.close()
-    return fps
-
-
-def subprocesses(n: int, seconds: float, rounds: int, shm: bool) -> float:
-    cfg = config_lib.EnvironmentConfig()
-    envs = [
-        environments.create_environment('atari/Pong', cfg, i, False, use_shared_memory=shm)
-        for i in range(n)
-    ]
-    try:
-        for env in envs:
+            env = environments.Environment(proc, 'constant', use_shared_memory=shm)
             env.initial()
-        return statistics.median(_run_threads(envs, seconds) for _ in range(rounds))
-    finally:
-        for env in envs:
-            env.close()
+            to_close.append(env)
+            how = 'shared memory' if shm else 'the pipe'
+            fns[f'`Environment.step`, {name}, frame through {how}'] = _us_per_call(env.step, 500)
+    medians = _interleaved_medians(fns, rounds)
+    for thing in to_close:
+        thing.close()
+    atari_us = next(iter(medians.values()))
+    print('\n| what | median per call (us) | / Atari step |')
+    print('|---|---|---|')
+    for name, us in medians.items():
+        print(f'| {name} | {us:.0f} | {us / atari_us:.2f} |')
 
 
-def vector_env(n: int, seconds: float, rounds: int) -> float:
-    env = ale_py.AtariVectorEnv(
-        'pong', n, num_threads=n, repeat_action_probability=0.0, full_action_space=True,
-        reward_clipping=False, use_fire_reset=False,
-    )  # fmt: skip
-    env.reset(seed=0)
+def _frames_per_second(envs, seconds: float):
+    """A measurement: env frames/s with every env stepped from its own thread (as actors)."""
+
+    def measure() -> float:
+        counts = [0] * len(envs)
+        stop = threading.Event()
+
+        def drive(i, env):
+            rng = np.random.default_rng(i)
+            while not stop.is_set():
+                env.step(int(rng.integers(18)))
+                counts[i] += 1
+
+        threads = [threading.Thread(target=drive, args=(i, e)) for i, e in enumerate(envs)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        return sum(counts) * 4 / (time.perf_counter() - start)
+
+    return measure
+
+
+def _vector_frames_per_second(env, n: int, seconds: float):
+    """A measurement: env frames/s of an `AtariVectorEnv` stepped as one batch."""
     rng = np.random.default_rng(0)
-    results = []
-    for _ in range(rounds):
+
+    def measure() -> float:
         steps = 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             env.step(rng.integers(0, 18, size=n))
             steps += n
-        results.append(steps * 4 / (time.perf_counter() - start))
-    env.close()
-    return statistics.median(results)
+        return steps * 4 / (time.perf_counter() - start)
+
+    return measure
+
+
+def throughput(n: int, seconds: float, rounds: int) -> dict:
+    """Medians of (a), (b), (b'), (c) for N = n, measured in turn."""
+    cfg = config_lib.EnvironmentConfig()
+    local = base.FlowEnvironment(atari.AtariEnvironment('pong', cfg, 0, False))
+    shm = [environments.create_environment('atari/Pong', cfg, i, False) for i in range(n)]
+    pipe = [
+        environments.create_environment('atari/Pong', cfg, i, False, use_shared_memory=False)
+        for i in range(n)
+    ]
+    vector = ale_py.AtariVectorEnv(
+        'pong', n, num_threads=n, repeat_action_probability=0.0, full_action_space=True,
+        reward_clipping=False, use_fire_reset=False,
+    )  # fmt: skip
+    vector.reset(seed=0)
+    try:
+        for env in [local, *shm, *pipe]:
+            env.initial()
+        return _interleaved_medians(
+            {
+                'a': _frames_per_second([local], seconds),
+                'b': _frames_per_second(shm, seconds),
+                'b_pipe': _frames_per_second(pipe, seconds),
+                'c': _vector_frames_per_second(vector, n, seconds),
+            },
+            rounds,
+        )
+    finally:
+        for env in [local, *shm, *pipe, vector]:
+            env.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--seconds', type=float, default=2.0)
-    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--seconds', type=float, default=1.0)
+    parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--num_envs', default='1,2,4,8')
     args = parser.parse_args()
     num_envs = [int(n) for n in args.num_envs.split(',')]
 
-    round_trip(args.rounds)
+    round_trip(args.rounds * 2)
 
-    single = in_process(args.seconds, args.rounds)
-    print(f'\n(a) one env in-process: {single:.0f} frames/s')
     print(
-        '\n| N | (b) subprocesses, shared memory (frames/s) | (b) / (a) '
-        "| (b') subprocesses, frames pickled (frames/s) | (c) ale-py vector env (frames/s) "
-        '| (c) / (b) |'
+        '\n| N | (a) 1 env in-process | (b) N subprocesses, shared memory | (b) / (a) '
+        "| (b') N subprocesses, frames pickled | (c) ale-py vector env, N envs | (c) / (b) |"
     )
-    print('|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|')
     for n in num_envs:
-        sub = subprocesses(n, args.seconds, args.rounds, shm=True)
-        pipe = subprocesses(n, args.seconds, args.rounds, shm=False)
-        vec = vector_env(n, args.seconds, args.rounds)
+        m = throughput(n, args.seconds, args.rounds)
         print(
-            f'| {n} | {sub:.0f} | {sub / single:.2f} | {pipe:.0f} | {vec:.0f} | {vec / sub:.2f} |'
+            f'| {n} | {m["a"]:.0f} | {m["b"]:.0f} | {m["b"] / m["a"]:.2f} | {m["b_pipe"]:.0f} '
+            f'| {m["c"]:.0f} | {m["c"] / m["b"]:.2f} |'
         )
 
 
