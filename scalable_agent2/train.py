@@ -125,7 +125,9 @@ class StopOnSignals:
 
     def _handler(self, signum, frame):
         del frame
-        logging.warning('Received %s; stopping after saving a checkpoint.', signal.Signals(signum))
+        logging.warning(
+            'Received %s; stopping after saving a checkpoint.', signal.Signals(signum).name
+        )
         self._event.set()
 
     def __enter__(self) -> 'StopOnSignals':

@@ -1,0 +1,182 @@
+"""Tests for the command line: the original flags and defaults, config building, one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from scalable_agent2 import cli, config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
+
+# The original experiment.py's flags and defaults.
+ORIGINAL_DEFAULTS = {
+    'logdir': '/tmp/agent',
+    'mode': 'train',
+    'test_num_episodes': 10,
+    'task': -1,
+    'job_name': 'learner',
+    'total_environment_frames': int(1e9),
+    'num_actors': 4,
+    'batch_size': 2,
+    'unroll_length': 100,
+    'num_action_repeats': 4,
+    'seed': 1,
+    'entropy_cost': 0.00025,
+    'baseline_cost': 0.5,
+    'discounting': 0.99,
+    'reward_clipping': 'abs_one',
+    'dataset_path': '',
+    'level_name': 'explore_goal_locations_small',
+    'width': 96,
+    'height': 72,
+    'learning_rate': 0.00048,
+    'decay': 0.99,
+    'momentum': 0.0,
+    'epsilon': 0.1,
+}
+
+
+def parsed(*args):
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(['experiment.py', *args])
+    return fv
+
+
+def test_original_flags_have_the_original_defaults():
+    fv = parsed()
+    for name, default in ORIGINAL_DEFAULTS.items():
+        assert fv[name].default == default, name
+        assert fv[name].value == default, name
+
+
+def test_every_flag_has_a_help_string():
+    fv = parsed()
+    defined = [fv[name] for name in fv]  # A fresh FlagValues holds only the CLI's flags.
+    assert len(defined) >= len(ORIGINAL_DEFAULTS) + 5
+    for flag in defined:
+        assert flag.help and len(flag.help) > 5, flag.name
+
+
+def test_default_config_matches_the_library_defaults():
+    cfg = cli.experiment_config(parsed())
+    assert cfg.learner == config.LearnerConfig()
+    assert cfg.environment == config.EnvironmentConfig()
+    assert cfg.network == 'deep' and cfg.num_actors == 4 and cfg.seed == 1
+    assert cfg.save_checkpoint_secs == 600
+
+
+def test_flags_reach_the_config():
+    cfg = cli.experiment_config(
+        parsed(
+            '--total_environment_frames=2e6',
+            '--batch_size=32',
+            '--unroll_length=20',
+            '--num_action_repeats=1',
+            '--learning_rate=0.01',
+            '--reward_clipping=soft_asymmetric',
+            '--network=mlp',
+            '--level_name=gym/CartPole-v1',
+            '--width=48',
+            '--atari_sticky_action_prob=0.25',
+            '--noatari_terminal_on_life_loss',
+            '--nouse_xla',
+            '--mode=test',
+            '--test_num_episodes=3',
+        )
+    )
+    assert cfg.learner.total_environment_frames == 2_000_000
+    assert isinstance(cfg.learner.total_environment_frames, int)
+    assert (cfg.learner.batch_size, cfg.learner.unroll_length) == (32, 20)
+    assert cfg.learner.num_action_repeats == cfg.environment.num_action_repeats == 1
+    assert cfg.learner.learning_rate == 0.01
+    assert cfg.learner.reward_clipping == 'soft_asymmetric'
+    assert not cfg.learner.use_xla
+    assert cfg.environment.width == 48
+    assert cfg.environment.atari_sticky_action_prob == 0.25
+    assert not cfg.environment.atari_terminal_on_life_loss
+    assert (cfg.network, cfg.level_name, cfg.mode, cfg.test_num_episodes) == (
+        'mlp',
+        'gym/CartPole-v1',
+        'test',
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    'args, field',
+    [
+        (['--batch_size=0'], 'batch_size'),
+        (['--num_actors=-1'], 'num_actors'),
+        (['--learning_rate=0'], 'learning_rate'),
+        (['--unroll_length=0'], 'unroll_length'),
+        (['--total_environment_frames=0'], 'total_environment_frames'),
+        (['--test_num_episodes=0'], 'test_num_episodes'),
+        (['--save_checkpoint_secs=0'], 'save_checkpoint_secs'),
+        (['--discounting=1.5'], 'discounting'),
+        (['--task=0'], 'not yet supported'),
+    ],
+)
+def test_bad_values_are_value_errors_naming_the_flag(args, field):
+    with pytest.raises(ValueError, match=field):
+        cli.experiment_config(parsed(*args))
+
+
+def test_bad_flag_syntax_is_rejected_at_parse_time():
+    with pytest.raises(flags.Error):
+        parsed('--total_environment_frames=1.5')
+    with pytest.raises(flags.Error):
+        parsed('--network=wide')
+    assert parsed('--total_environment_frames=100').total_environment_frames == 100
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, EXPERIMENT, *args], capture_output=True, text=True, timeout=180, cwd=ROOT
+    )
+
+
+def assert_one_line_error(proc, pattern):
+    assert proc.returncode == cli.EXIT_USAGE, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert pattern in errors[0], errors[0]
+
+
+def test_cli_bad_flag_values_are_one_line(tmp_path):
+    # Validation errors are found before TensorFlow is imported.
+    assert_one_line_error(
+        run_cli('--batch_size=0', f'--logdir={tmp_path}'), 'batch_size must be > 0'
+    )
+    assert_one_line_error(run_cli('--network=wide'), 'network')
+    assert_one_line_error(run_cli('--task=3', '--job_name=actor'), 'not yet supported')
+    assert_one_line_error(run_cli('stray_argument'), 'unexpected arguments')
+
+
+def test_cli_bad_environment_or_logdir_is_one_line(tmp_path):
+    # An unknown level, an unwritable logdir and a missing DeepMind Lab; one process each.
+    assert_one_line_error(
+        run_cli('--level_name=gym/NoSuchEnv-v0', '--network=mlp', f'--logdir={tmp_path}/a'),
+        'NoSuchEnv',
+    )
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a directory')
+    assert_one_line_error(
+        run_cli('--level_name=gym/CartPole-v1', f'--logdir={blocker}/sub'), 'not writable'
+    )
+    assert_one_line_error(
+        run_cli('--level_name=explore_goal_locations_small', f'--logdir={tmp_path}/b'),
+        'DeepMind Lab',
+    )
+
+
+def test_helpfull_lists_the_new_flags():
+    proc = run_cli('--helpfull')  # absl exits 1 after printing help.
+    assert 'Traceback' not in proc.stderr
+    for name in ('--network', '--save_checkpoint_secs', '--atari_noop_max', '--level_name'):
+        assert name in proc.stdout
