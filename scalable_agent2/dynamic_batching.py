@@ -16,12 +16,15 @@ When `f` is a `tf.function` it is traced once with the batch dimension unknown (
 varying batch sizes do not retrace; the batch dimension is static only when
 `minimum_batch_size == maximum_batch_size` and `timeout_ms is None`, as in the original.
 
-Two interchangeable mechanisms hold the waiting inputs (`implementation=`): 'python' (the
-default) keeps them in a list guarded by a `threading.Condition` and concatenates them with one
-`tf.concat` per input tensor; 'queue' enqueues them into a `tf.queue.FIFOQueue` and takes a batch
-with one `dequeue_many`. Both wake the background thread with the same condition variable (eager
-queue ops cannot time out). 'python' measured faster (see docs/BENCHMARKS.md) and also accepts
-inputs whose shapes change from batch to batch, whereas the queue fixes them at the first call.
+Two interchangeable mechanisms hold the waiting inputs (`implementation=`). 'python' (the
+default) keeps them in a list guarded by a `threading.Condition`; each caller turns its host
+tensors into numpy arrays (no copy) and the batch is one `np.concatenate` per input (`tf.concat`
+for inputs on an accelerator). 'queue' enqueues each call into a `tf.queue.FIFOQueue` and takes a
+batch with one `dequeue_many`; it wakes the background thread with the same condition variable,
+since eager queue ops cannot time out. 'python' measured faster (docs/BENCHMARKS.md) and accepts
+inputs whose shapes change from batch to batch; the queue fixes them at the first call.
+
+Call the decorated function eagerly, from Python threads (not inside a `tf.function`).
 """
 
 import copy
@@ -85,7 +88,7 @@ class _Call:
 
     __slots__ = ('args', 'flat', 'signature', 'done', 'result', 'error')
 
-    def __init__(self, args: tuple, flat: list[tf.Tensor], signature: _Signature):
+    def __init__(self, args: tuple, flat: list[tf.Tensor | np.ndarray], signature: _Signature):
         self.args = args
         self.flat = flat
         self.signature = signature

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import sonnet as snt
 import tensorflow as tf
 
 from scalable_agent2 import dynamic_batching, types
@@ -134,6 +135,20 @@ def test_nests_numpy_and_strings_match_unbatched_calls(implementation, pool):
             for g, w in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
                 assert g.shape == w.shape
                 np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-6)
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_sonnet_module_built_by_the_first_batched_call(implementation, pool):
+    """Variables created while tracing in the batching thread; results match direct calls."""
+    module = snt.Linear(3)
+    f = _options(implementation, timeout_ms=5)(tf.function(module))
+    try:
+        inputs = [np.full([1, 2], i, np.float32) for i in range(8)]
+        futures = [pool.submit(f, x) for x in inputs]
+        for x, future in zip(inputs, futures):
+            np.testing.assert_allclose(future.result(_WAIT_S), module(x), rtol=1e-6)
     finally:
         f.close()
 
