@@ -3,14 +3,15 @@
     python bench/batching_bench.py [--threads=16,48] [--rounds=3] [--seconds=3]
 
 Each of N threads loops on one agent step (84x84x4 uint8 frame, 18 actions, LSTM 256, inputs
-with leading dimension 1) for `--seconds`, in one of three modes:
+with leading dimension 1) for `--seconds`, in one of these modes:
   direct: every thread calls the `tf.function` itself (batch of 1);
   python: through `dynamic_batching` (default implementation: list + threading.Condition);
-  queue:  through `dynamic_batching` with `implementation='queue'` (tf.queue.FIFOQueue).
-Batched modes use `maximum_batch_size=N` and the default minimum (1) and timeout, as the
-single-machine training loop does. Modes alternate within each round so that load from other
-processes hits them alike; the table gives the median over rounds of total calls/s, the ratio to
-`direct`, and (batched modes) the histogram of batch sizes over all rounds.
+  queue:  through `dynamic_batching` with `implementation='queue'` (tf.queue.FIFOQueue);
+  python_half: as python but `minimum_batch_size=N // 2, timeout_ms=5` (less greedy).
+Batched modes use `maximum_batch_size=N`; python and queue use the default minimum (1) and
+timeout, as the single-machine training loop does. Modes alternate within each round so that
+load from other processes hits them alike; the table gives the median over rounds of total
+calls/s, the ratio to `direct`, and (batched modes) the histogram of batch sizes over all rounds.
 
 Uses `networks.ImpalaAgent(AgentConfig(num_actions=18, torso='shallow'))` when
 `scalable_agent2/networks.py` exists, else an equivalent Sonnet shallow conv + LSTM agent here.
@@ -30,7 +31,7 @@ import tensorflow as tf
 from scalable_agent2 import config, dynamic_batching, types
 
 NUM_ACTIONS = 18
-MODES = ('direct', 'python', 'queue')
+MODES = ('direct', 'python', 'queue', 'python_half')
 
 
 class _ShallowAgent(snt.Module):
@@ -176,6 +177,12 @@ def main():
             elif mode in ('python', 'queue'):
                 fns[mode] = dynamic_batching.batch_fn_with_options(
                     maximum_batch_size=num_threads, implementation=mode
+                )(inference)
+            elif mode == 'python_half':
+                fns[mode] = dynamic_batching.batch_fn_with_options(
+                    minimum_batch_size=num_threads // 2,
+                    maximum_batch_size=num_threads,
+                    timeout_ms=5,
                 )(inference)
             else:
                 raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
