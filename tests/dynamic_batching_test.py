@@ -5,11 +5,13 @@ file runs under pytest-timeout.
 """
 
 import concurrent.futures
+import gc
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -417,6 +419,18 @@ def test_close_cancels_callers_whose_batch_is_running(implementation, pool):
     release.set()
     f.close()
     assert not f._thread.is_alive()
+
+
+def test_dropping_the_batched_function_stops_its_thread():
+    f = dynamic_batching.batch_fn(lambda a: a)
+    np.testing.assert_array_equal(f(tf.constant([1])), [1])
+    thread = f._thread
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    assert ref() is None
+    thread.join(_WAIT_S)
+    assert not thread.is_alive()
 
 
 def test_interpreter_exit_cancels_blocked_non_daemon_threads():
