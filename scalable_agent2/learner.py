@@ -1,0 +1,167 @@
+"""The IMPALA learner: one training step on a batch of unrolls, and its checkpointable state.
+
+`Learner.step` is one `tf.function`. String work (instruction hashing) runs in the outer graph;
+everything numeric (agent unroll, V-trace, losses, gradients, TF1 RMSProp, frame counter) runs in
+an inner function that is XLA-compiled (`jit_compile=True`) when `config.use_xla`.
+"""
+
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+from scalable_agent2 import config as config_lib
+from scalable_agent2 import losses, networks, optimizers, vtrace
+from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput
+
+
+class Learner:
+    """Trains an `ImpalaAgent` on time-major batches of unrolls."""
+
+    def __init__(self, agent: networks.ImpalaAgent, config: config_lib.LearnerConfig):
+        self._agent = agent
+        self._config = config.validate()
+        self.num_environment_frames = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name='num_environment_frames'
+        )
+        self._optimizer = optimizers.RMSProp(
+            learning_rate=self.learning_rate,
+            decay=config.decay,
+            momentum=config.momentum,
+            epsilon=config.epsilon,
+            name='rmsprop',
+        )
+        self._built = False
+        self._update = tf.function(self._update_impl, jit_compile=config.use_xla)
+        self._step = tf.function(self._step_impl)
+
+    @property
+    def agent(self) -> networks.ImpalaAgent:
+        return self._agent
+
+    @property
+    def optimizer(self) -> optimizers.RMSProp:
+        return self._optimizer
+
+    @property
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Trackables for `tf.train.Checkpoint(**learner.checkpoint_state)`."""
+        return {
+            'agent': self._agent,
+            'optimizer': self._optimizer,
+            'num_environment_frames': self.num_environment_frames,
+        }
+
+    def learning_rate(self) -> tf.Tensor:
+        """float32 scalar: the learning rate decayed linearly by the frame counter."""
+        return optimizers.linear_decay(
+            self._config.learning_rate,
+            self.num_environment_frames,
+            self._config.total_environment_frames,
+        )
+
+    def build(self, batch: ActorOutput) -> None:
+        """Creates the agent's variables and the optimizer slots (eagerly, once).
+
+        `step` calls this on its first batch; variables restored from a checkpoint before that
+        are filled in as they are created (deferred restoration).
+        """
+        if self._built:
+            return
+        first = tf.nest.map_structure(lambda t: t[:1], (batch.agent_outputs, batch.env_outputs))
+        self._agent.unroll(first[0].action, first[1], batch.agent_state)
+        self._optimizer.initialize(self._agent.trainable_variables)
+        self._built = True
+        logging.info(
+            'learner built: %d trainable variables, xla=%s',
+            len(self._agent.trainable_variables),
+            self._config.use_xla,
+        )
+
+    def step(self, batch: ActorOutput) -> dict[str, tf.Tensor]:
+        """One update on `batch`.
+
+        Args:
+          batch: `ActorOutput` with env_outputs/agent_outputs fields `[T+1, B, ...]`,
+            agent_state the core state at the unroll starts (`[B, ...]`), level_name
+            tf.string `[B]`.
+
+        Returns:
+          Metrics (float32 scalars unless noted): total_loss, policy_gradient_loss,
+          baseline_loss, entropy_loss (weighted parts of the total), learning_rate (the rate
+          used), mean_rho (mean clipped-free importance ratio), grad_norm (global norm),
+          num_environment_frames (int64, after the update).
+        """
+        self.build(batch)
+        return self._step(batch)
+
+    def _step_impl(self, batch: ActorOutput) -> dict[str, tf.Tensor]:
+        env_outputs = self._agent.tokenize(batch.env_outputs)
+        # Only what the update reads crosses into the (possibly compiled) function.
+        env_outputs = StepOutput(
+            reward=env_outputs.reward,
+            info=(),
+            done=env_outputs.done,
+            observation=env_outputs.observation,
+        )
+        return self._update(batch.agent_state, env_outputs, batch.agent_outputs)
+
+    def _update_impl(
+        self, agent_state: Any, env_outputs: StepOutput, agent_outputs: AgentOutput
+    ) -> dict[str, tf.Tensor]:
+        config = self._config
+        time_plus_one = tf.shape(agent_outputs.action)[0]
+        batch_size = tf.shape(agent_outputs.action)[1]
+        variables = self._agent.trainable_variables
+        with tf.GradientTape() as tape:
+            learner_outputs, _ = self._agent.unroll(agent_outputs.action, env_outputs, agent_state)
+            # Alignment as the original: bootstrap from the last learner baseline, then drop
+            # the first env/agent entry (it belongs to the previous unroll) and the last
+            # learner entry.
+            bootstrap_value = learner_outputs.baseline[-1]
+            behaviour = tf.nest.map_structure(lambda t: t[1:], agent_outputs)
+            rewards = tf.convert_to_tensor(env_outputs.reward, tf.float32)[1:]
+            done = tf.convert_to_tensor(env_outputs.done, tf.bool)[1:]
+            learner_outputs = tf.nest.map_structure(lambda t: t[:-1], learner_outputs)
+
+            clipped_rewards = losses.clip_rewards(rewards, config.reward_clipping)
+            discounts = tf.cast(tf.logical_not(done), tf.float32) * config.discounting
+            vtrace_returns = vtrace.from_logits(
+                behaviour_policy_logits=behaviour.policy_logits,
+                target_policy_logits=learner_outputs.policy_logits,
+                actions=behaviour.action,
+                discounts=discounts,
+                rewards=clipped_rewards,
+                values=learner_outputs.baseline,
+                bootstrap_value=bootstrap_value,
+                # The enclosing function is already compiled (or XLA is off).
+                use_xla=False,
+            )
+            loss = losses.impala_loss(
+                target_logits=learner_outputs.policy_logits,
+                actions=behaviour.action,
+                pg_advantages=vtrace_returns.pg_advantages,
+                vs=vtrace_returns.vs,
+                values=learner_outputs.baseline,
+                baseline_cost=config.baseline_cost,
+                entropy_cost=config.entropy_cost,
+            )
+        grads = tape.gradient(loss.total, variables)
+        learning_rate = self.learning_rate()
+        self._optimizer.apply(grads, variables)
+        frames = (
+            tf.cast(time_plus_one - 1, tf.int64)
+            * tf.cast(batch_size, tf.int64)
+            * config.num_action_repeats
+        )
+        self.num_environment_frames.assign_add(frames)
+        return {
+            'total_loss': loss.total,
+            'policy_gradient_loss': loss.policy_gradient,
+            'baseline_loss': loss.baseline,
+            'entropy_loss': loss.entropy,
+            'learning_rate': learning_rate,
+            'mean_rho': tf.reduce_mean(tf.exp(vtrace_returns.log_rhos)),
+            'grad_norm': tf.linalg.global_norm(grads),
+            'num_environment_frames': self.num_environment_frames.read_value(),
+        }
