@@ -182,6 +182,26 @@ def test_minimal_action_set_and_frame_settings():
     env.close()
 
 
+def test_skiing_has_18_actions_with_fire_variants_mapped_to_their_moves():
+    # ale-py 0.12 gives Skiing 9 legal actions (no FIRE); Atari-57 needs 18 for every game.
+    cfg = _config()
+    envs = [atari.AtariEnvironment('skiing', cfg, 0, False) for _ in range(2)]
+    assert envs[0].num_actions == 18
+    ale_actions = ale_py.Action.__members__
+    trajectories = []
+    for env, fire in zip(envs, (True, False), strict=True):
+        env.reset()
+        frames = []
+        for t in range(60):
+            move = ('DOWNLEFT', 'DOWNRIGHT', 'LEFT', 'UP')[t // 15]
+            name = (move + 'FIRE') if fire else move
+            frames.append(env.step(ale_actions[name].value)[2][0])
+        trajectories.append(np.stack(frames))
+        env.close()
+    np.testing.assert_array_equal(trajectories[0], trajectories[1])
+    assert not np.array_equal(trajectories[0][0], trajectories[0][-1])  # It moved.
+
+
 @pytest.mark.parametrize(
     'name,rom',
     [

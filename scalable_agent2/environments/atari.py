@@ -9,7 +9,8 @@ field:
   * `num_action_repeats`: frame skip (4), with a max over the last 2 frames;
   * `atari_frame_stack`: frames stacked on the last axis (4);
   * `atari_noop_max`: up to this many no-ops at the start of a game (30);
-  * `atari_full_action_space`: all 18 actions for every game;
+  * `atari_full_action_space`: all 18 actions for every game (games whose legal set is smaller,
+    i.e. Skiing in ale-py 0.12, map the missing FIRE variants to their non-FIRE action);
   * `atari_terminal_on_life_loss`: in training (never when `is_test`) a lost life ends the
     agent's episode while the game goes on, as in DQN: the next `reset()` continues the game;
   * `atari_max_episode_frames`: game length cap in frames (108K = 30 minutes), then truncation;
@@ -60,6 +61,32 @@ def rom_id(game: str) -> str:
     return rom
 
 
+_NUM_FULL_ACTIONS = 18
+
+
+def _full_action_map(rom: str) -> list[int]:
+    """For a game whose legal set has fewer than 18 actions (Skiing: no FIRE), maps each of
+    the 18 ALE actions to an index in that set: itself if legal, else without FIRE, else NOOP.
+
+    Every game then has the same 18 actions, so one agent can play all of Atari-57.
+    """
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(rom))
+    legal = [a.value for a in ale.getLegalActionSet()]
+    actions = sorted(ale_py.Action.__members__.values(), key=lambda a: a.value)
+    mapping = []
+    for action in actions[:_NUM_FULL_ACTIONS]:
+        fallback = ale_py.Action.__members__[action.name.replace('FIRE', '') or 'NOOP'].value
+        if action.value in legal:
+            mapping.append(legal.index(action.value))
+        elif fallback in legal:
+            mapping.append(legal.index(fallback))
+        else:
+            mapping.append(legal.index(ale_py.Action.NOOP.value))
+    return mapping
+
+
 class AtariEnvironment:
     """One ALE game with IMPALA preprocessing, implementing `RawEnvironment`."""
 
@@ -95,6 +122,11 @@ class AtariEnvironment:
         self._seed = seed
         self._life_loss_ends_episode = config.atari_terminal_on_life_loss and not is_test
         self._num_actions = int(self._env.single_action_space.n)
+        # Index into the game's legal action set for each agent action (None: the identity).
+        self._action_map = None
+        if config.atari_full_action_space and self._num_actions < _NUM_FULL_ACTIONS:
+            self._action_map = _full_action_map(rom_id(game))
+            self._num_actions = _NUM_FULL_ACTIONS
         size, stack = config.atari_frame_size, config.atari_frame_stack
         self._spec = ObservationSpec((size, size, stack), 'uint8', False)
         self._lives = 0
@@ -132,6 +164,8 @@ class AtariEnvironment:
         if not 0 <= action < self._num_actions:
             raise ValueError(f'action must be in [0, {self._num_actions}), got {action}')
         self._pending = None
+        if self._action_map is not None:
+            action = self._action_map[action]
         obs, reward, terminated, truncated, info = self._env.step(np.array([action], np.int64))
         lives = int(info['lives'][0])
         game_over = bool(terminated[0] or truncated[0])
