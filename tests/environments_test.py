@@ -95,8 +95,22 @@ def test_dmlab_missing_module_error_reaches_the_parent(monkeypatch):
 
     # Make sure the real (absent) module is looked up: no fake on the path.
     monkeypatch.setattr(sys, 'path', [p for p in sys.path if 'fake_deepmind' not in p])
-    with pytest.raises(dmlab.DeepMindLabNotInstalledError):
+    with pytest.raises(dmlab.DeepMindLabNotInstalledError, match='taken as a DeepMind Lab'):
         environments.create_environment('rooms_watermaze', config_lib.EnvironmentConfig(), 0, False)
+
+
+@pytest.mark.parametrize(
+    'name,guess', [('Pong', 'atari/pong'), ('CartPole-v1', 'gym/CartPole-v1'), ('xyz', None)]
+)
+def test_names_without_a_suite_prefix_get_a_hint(monkeypatch, name, guess):
+    from scalable_agent2.environments import dmlab
+
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path if 'fake_deepmind' not in p])
+    with pytest.raises(dmlab.DeepMindLabNotInstalledError) as info:
+        environments.create_environment(name, config_lib.EnvironmentConfig(), 0, False)
+    message = str(info.value)
+    assert 'dmlab30, atari57' in message
+    assert (f'Did you mean {guess}?' in message) if guess else ('Did you mean' not in message)
 
 
 def test_killed_environment_process_raises_within_seconds():

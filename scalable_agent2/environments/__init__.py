@@ -74,6 +74,25 @@ def _suite_of(level_name: str) -> tuple[str, str]:
     return 'dmlab', level_name
 
 
+def _dmlab_hint(level_name: str) -> str:
+    """Explains why a name was taken as a DeepMind Lab level, with a guess if it is not one."""
+    hint = (
+        f'Level {level_name!r} is neither {GYM_PREFIX}<EnvId> nor {ATARI_PREFIX}<Game>, so it '
+        f'was taken as a DeepMind Lab level (suites: {", ".join(SUITES)}). '
+    )
+    from scalable_agent2.environments import atari, gym
+
+    try:
+        hint += f'Did you mean {ATARI_PREFIX}{atari.rom_id(level_name)}? '
+    except ValueError:
+        try:
+            gym.check_env_id(level_name)
+            hint += f'Did you mean {GYM_PREFIX}{level_name}? '
+        except ValueError:
+            pass
+    return hint
+
+
 def make_flow_environment(
     level_name: str, config: config_lib.EnvironmentConfig, seed: int, is_test: bool
 ) -> FlowEnvironment:
@@ -94,7 +113,10 @@ def make_flow_environment(
     elif suite == 'dmlab':
         from scalable_agent2.environments import dmlab
 
-        raw = dmlab.DmLab(name, config, seed, is_test)
+        try:
+            raw = dmlab.DmLab(name, config, seed, is_test)
+        except dmlab.DeepMindLabNotInstalledError as e:
+            raise dmlab.DeepMindLabNotInstalledError(_dmlab_hint(name) + str(e)) from e
     else:
         raise ValueError(f'Unknown suite {suite!r}')
     return FlowEnvironment(raw)
