@@ -1,0 +1,279 @@
+"""End-to-end tests of single-machine training through the CLI, and the summaries helpers.
+
+The CLI runs in subprocesses (`experiments/experiment.py`), as a user would run it. One short
+CartPole training run is shared by several tests (checkpoint, summaries, test mode, a learning
+check, resume).
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scalable_agent2 import summaries
+from scalable_agent2.scoring import dmlab30
+from scalable_agent2.types import ActorOutput, StepOutput, StepOutputInfo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
+
+LEARNING_RATE = 0.004
+
+# CartPole settings that learn quickly with the MLP agent (frames = agent steps).
+CARTPOLE = [
+    '--level_name=gym/CartPole-v1',
+    '--network=mlp',
+    '--num_action_repeats=1',
+    '--unroll_length=20',
+    '--batch_size=8',
+    '--num_actors=8',
+    f'--learning_rate={LEARNING_RATE}',
+    '--entropy_cost=0.01',
+    '--nouse_xla',
+    '--log_interval_secs=1',
+    '--save_summaries_secs=1',
+]
+FIRST_RUN_FRAMES = 16_000  # 100 learner steps of 8 x 20 frames.
+RANDOM_CARTPOLE_RETURN = 22.0  # Mean return of a uniformly random policy.
+
+
+def run_cli(args, timeout=300):
+    return subprocess.run(
+        [sys.executable, EXPERIMENT, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def check_ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def checkpoint_numbers(logdir):
+    return sorted(
+        int(m.group(1))
+        for p in glob.glob(os.path.join(logdir, 'ckpt-*.index'))
+        if (m := re.search(r'ckpt-(\d+)\.index$', p))
+    )
+
+
+def summary_tags(logdir):
+    tags = {}
+    for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor)
+                tags.setdefault(value.tag, []).append((event.step, float(tensor)))
+    return tags
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp('cartpole'))
+    proc = run_cli(
+        [*CARTPOLE, f'--logdir={logdir}', f'--total_environment_frames={FIRST_RUN_FRAMES}']
+    )
+    check_ok(proc)
+    return logdir, proc
+
+
+def test_training_writes_checkpoint_summaries_and_config(trained):
+    logdir, proc = trained
+    assert checkpoint_numbers(logdir) == [FIRST_RUN_FRAMES]  # Saved at the end.
+    assert 'Resumed' not in proc.stderr
+    assert re.search(r'frames \d+/16000 .* frames/s, learner steps \d+, queue \d+/8', proc.stderr)
+    tags = summary_tags(logdir)
+    for tag in (
+        'gym/CartPole-v1/episode_return',
+        'gym/CartPole-v1/episode_frames',
+        'total_loss',
+        'policy_gradient_loss',
+        'baseline_loss',
+        'entropy_loss',
+        'learning_rate',
+        'frames_per_second',
+    ):
+        assert tag in tags, sorted(tags)
+    # CartPole pays 1 per step and has no action repeats: return == frames, episode by episode.
+    returns = [v for _, v in tags['gym/CartPole-v1/episode_return']]
+    frames = [v for _, v in tags['gym/CartPole-v1/episode_frames']]
+    assert returns == frames and len(returns) > 50
+    # The learning rate decays linearly with the frame counter.
+    for step, lr in tags['learning_rate']:
+        assert lr == pytest.approx(
+            LEARNING_RATE * (1 - step / FIRST_RUN_FRAMES), rel=1e-3, abs=1e-6
+        )
+    with open(os.path.join(logdir, 'config.json')) as f:
+        cfg = json.load(f)
+    assert cfg['learner']['batch_size'] == 8 and cfg['network'] == 'mlp'
+    assert cfg['agent']['num_actions'] == 2
+    with open(os.path.join(logdir, 'agent_spec.json')) as f:
+        assert json.load(f)['frame_shape'] == [4]
+
+
+def test_test_mode_and_learning_check(trained):
+    """A short run learns: mean test return well above a random policy's (about 22)."""
+    logdir, _ = trained
+    proc = run_cli([*CARTPOLE, f'--logdir={logdir}', '--mode=test', '--test_num_episodes=8'])
+    check_ok(proc)
+    with open(os.path.join(logdir, 'test_results.json')) as f:
+        results = json.load(f)
+    assert results['num_environment_frames'] == FIRST_RUN_FRAMES
+    level = results['levels']['gym/CartPole-v1']
+    assert len(level['returns']) == 8
+    assert level['mean_return'] == pytest.approx(np.mean(level['returns']))
+    assert level['mean_return'] >= 2 * RANDOM_CARTPOLE_RETURN, level
+
+
+def test_second_run_resumes_from_the_first(trained, tmp_path):
+    logdir = str(tmp_path / 'resumed')
+    shutil.copytree(trained[0], logdir)
+    total = FIRST_RUN_FRAMES + 1600
+    proc = run_cli([*CARTPOLE, f'--logdir={logdir}', f'--total_environment_frames={total}'])
+    check_ok(proc)
+    assert f'at {FIRST_RUN_FRAMES} environment frames' in proc.stderr
+    assert 'Resumed from checkpoint' in proc.stderr
+    # 10 more learner steps of 8 x 20 frames.
+    assert checkpoint_numbers(logdir)[-1] == total
+    assert f'Training stopped at {total} environment frames (10 learner steps)' in proc.stderr
+
+
+def test_incompatible_checkpoint_is_one_line(trained, tmp_path):
+    logdir = str(tmp_path / 'other')
+    shutil.copytree(trained[0], logdir)
+    args = [a for a in CARTPOLE if not a.startswith('--level_name')]
+    proc = run_cli([*args, f'--logdir={logdir}', '--level_name=gym/Acrobot-v1', '--mode=test'])
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'different agent' in errors[0] and 'num_actions=2' in errors[0]
+
+
+def test_sigint_saves_a_checkpoint_and_exits_zero(tmp_path):
+    logdir = str(tmp_path / 'sigint')
+    log_path = tmp_path / 'stderr.txt'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(
+            [sys.executable, EXPERIMENT, *CARTPOLE, f'--logdir={logdir}'],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while 'learner steps' not in log_path.read_text():
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, 'training did not start in time'
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text()
+    assert 'Received SIGINT' in text
+    stopped = re.search(r'Training stopped at (\d+) environment frames', text)
+    assert stopped and int(stopped.group(1)) > 0
+    assert checkpoint_numbers(logdir) == [int(stopped.group(1))]
+
+
+def test_atari_pong_shallow_trains_a_few_steps(tmp_path):
+    # 3 learner steps of 2 unrolls x 10 agent steps x 4 frames.
+    proc = run_cli(
+        [
+            '--level_name=atari/Pong',
+            '--network=shallow',
+            '--unroll_length=10',
+            '--batch_size=2',
+            '--num_actors=2',
+            '--total_environment_frames=240',
+            '--nouse_xla',
+            f'--logdir={tmp_path}',
+        ]
+    )
+    check_ok(proc)
+    assert 'Training stopped at 240 environment frames (3 learner steps)' in proc.stderr
+    assert checkpoint_numbers(str(tmp_path)) == [240]
+
+
+# ------------------------------------------------------------------------------------------
+# Summaries helpers (in process).
+
+
+def _batch(done, returns, steps, levels):
+    done = np.asarray(done)
+    shape = done.shape
+    return ActorOutput(
+        level_name=np.array(levels, dtype=object),
+        agent_state=(),
+        env_outputs=StepOutput(
+            reward=np.zeros(shape, np.float32),
+            info=StepOutputInfo(np.asarray(returns, np.float32), np.asarray(steps, np.int32)),
+            done=done,
+            observation=(np.zeros(shape, np.float32), np.full(shape, '', dtype=object)),
+        ),
+        agent_outputs=(),
+    )
+
+
+def test_episodes_from_batch_skips_the_first_entry():
+    done = [[True, True], [False, True], [True, False]]  # [T+1=3, B=2]
+    returns = [[9, 9], [1, 2], [3, 4]]
+    steps = [[9, 9], [5, 6], [7, 8]]
+    episodes = summaries.episodes_from_batch(_batch(done, returns, steps, ['a', b'b']), 4)
+    # Reference: loop over t >= 1 and b in time-major order.
+    expected = [
+        summaries.Episode(['a', 'b'][b], float(returns[t][b]), steps[t][b] * 4)
+        for t in range(1, 3)
+        for b in range(2)
+        if done[t][b]
+    ]
+    assert (
+        episodes
+        == expected
+        == [
+            summaries.Episode('b', 2.0, 24),
+            summaries.Episode('a', 3.0, 28),
+        ]
+    )
+
+
+def test_dmlab30_scores_are_written_once_every_level_has_a_return(tmp_path):
+    levels = list(dmlab30.TRAIN_LEVELS)
+    writer = summaries.TrainingSummaries(str(tmp_path), 'dmlab30', levels)
+    rng = np.random.default_rng(0)
+    returns = {level: float(rng.uniform(0, 50)) for level in levels}
+    writer.add_episodes([summaries.Episode(lv, returns[lv], 100) for lv in levels[:-1]], step=1)
+    writer.add_episodes([summaries.Episode(levels[-1], returns[levels[-1]], 100)], step=2)
+    writer.close()
+    tags = summary_tags(str(tmp_path))
+    assert len(tags['dmlab30/training_no_cap']) == 1
+    step, no_cap = tags['dmlab30/training_no_cap'][0]
+    assert step == 2
+    # Reference: the HNS formula on the table's test-level random/human scores.
+    hns = [
+        100
+        * (returns[lv] - dmlab30.RANDOM_SCORES[dmlab30.LEVEL_MAPPING[lv]])
+        / (
+            dmlab30.HUMAN_SCORES[dmlab30.LEVEL_MAPPING[lv]]
+            - dmlab30.RANDOM_SCORES[dmlab30.LEVEL_MAPPING[lv]]
+        )
+        for lv in levels
+    ]
+    assert no_cap == pytest.approx(np.mean(hns), rel=1e-5)
+    assert tags['dmlab30/training_cap_100'][0][1] == pytest.approx(
+        np.mean(np.minimum(hns, 100)), rel=1e-5
+    )
+    assert len(tags[f'{levels[0]}/episode_return']) == 1
