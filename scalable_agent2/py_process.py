@@ -283,9 +283,15 @@ class PyProcess:
 
     def close(self) -> None:
         """Closes the object in the child and reaps the child. Idempotent; never hangs."""
-        with self._lock:
+        if not self._lock.acquire(timeout=_JOIN_TIMEOUT_S):
+            # Another thread is stuck in a call: end the child, which fails that call.
+            self._process.terminate()
+            self._lock.acquire()
+        try:
             self._closed = True
             self._finalizer()  # Runs `_shutdown` at most once.
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> 'PyProcess':
         return self

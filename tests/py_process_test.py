@@ -164,6 +164,30 @@ def test_call_timeout():
     assert _wait_gone(proc.pid, timeout=15)
 
 
+def test_close_while_another_thread_is_stuck_in_a_call():
+    import threading
+
+    proc = py_process.PyProcess(Counter, 0)
+    errors = []
+
+    def stuck():
+        try:
+            proc.sleep(120)
+        except py_process.PyProcessError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    proc.close()
+    thread.join(timeout=30)
+    assert time.monotonic() - start < 20
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], py_process.PyProcessDiedError)
+    assert not proc.is_alive()
+
+
 def test_close_is_idempotent_and_reaps_the_child():
     proc = py_process.PyProcess(Counter, 0)
     pid = proc.pid
