@@ -3,6 +3,9 @@
 `PyProcess(cls, *args, **kwargs)` starts `cls(*args, **kwargs)` in a child started with the
 `forkserver` start method (`spawn` where forkserver is unavailable), so a parent that has loaded
 TensorFlow is never forked. Calls travel over a pipe as pickles; one call is one round trip.
+As with `spawn`, the parent's `__main__` module is imported once (by the forkserver), so entry
+points keep their work under `if __name__ == '__main__':`; `cls` and its arguments must be
+picklable (module-level classes or functions).
 
 Robustness rules:
   * A constructor error is re-raised in the parent with the child's exception type and message
