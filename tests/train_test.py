@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import summaries
+from scalable_agent2 import checkpoints, config, learner, networks, summaries, train
+from scalable_agent2.environments.base import ObservationSpec
 from scalable_agent2.scoring import dmlab30
-from scalable_agent2.types import ActorOutput, StepOutput, StepOutputInfo
+from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
@@ -277,3 +278,53 @@ def test_dmlab30_scores_are_written_once_every_level_has_a_return(tmp_path):
         np.mean(np.minimum(hns, 100)), rel=1e-5
     )
     assert len(tags[f'{levels[0]}/episode_return']) == 1
+
+
+def test_resume_restores_parameters_optimizer_slots_and_frames_exactly(tmp_path):
+    """A learner restored from a checkpoint makes exactly the same next update as the original."""
+    spec = ObservationSpec((4,), 'float32', False)
+
+    def make():
+        agent = networks.ImpalaAgent(config.AgentConfig(num_actions=2, torso='mlp', core_size=8))
+        train.create_agent_variables(agent, spec)
+        lc = config.LearnerConfig(
+            batch_size=2,
+            unroll_length=3,
+            num_action_repeats=1,
+            use_xla=False,
+            total_environment_frames=1000,
+        )
+        return agent, learner.Learner(agent, lc)
+
+    rng = np.random.default_rng(0)
+    t1, b = 4, 2
+    base = _batch(rng.random((t1, b)) < 0.3, np.zeros((t1, b)), np.zeros((t1, b)), ['a', 'b'])
+    agent1, learner1 = make()
+    batch = base._replace(
+        agent_state=tf.nest.map_structure(np.asarray, agent1.initial_state(b)),
+        env_outputs=base.env_outputs._replace(
+            reward=rng.normal(size=(t1, b)).astype(np.float32),
+            observation=(
+                rng.normal(size=(t1, b, 4)).astype(np.float32),
+                base.env_outputs.observation[1],
+            ),
+        ),
+        agent_outputs=AgentOutput(
+            rng.integers(0, 2, (t1, b)).astype(np.int32),
+            rng.normal(size=(t1, b, 2)).astype(np.float32),
+            np.zeros((t1, b), np.float32),
+        ),
+    )
+    for _ in range(3):
+        learner1.step(batch)
+    checkpoints.Checkpointer(str(tmp_path), learner1.checkpoint_state, {'k': 1}).save(18)
+    agent2, learner2 = make()
+    restored = checkpoints.Checkpointer(str(tmp_path), learner2.checkpoint_state, {'k': 1})
+    assert restored.restore_latest().endswith('ckpt-18')
+    assert learner2.num_environment_frames.numpy() == 18 == learner1.num_environment_frames.numpy()
+    learner1.step(batch)
+    learner2.step(batch)  # Creates the optimizer slots; deferred restoration fills them.
+    for x, y in zip(learner1.optimizer.ms, learner2.optimizer.ms, strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    for x, y in zip(agent1.trainable_variables, agent2.trainable_variables, strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
