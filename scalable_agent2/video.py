@@ -119,6 +119,52 @@ class VideoWriter:
         self.close()
 
 
+class EpisodeVideo:
+    """One episode's video, named with its return once the episode has ended.
+
+    Frames go to a temporary file in `directory`; `finish(episode_return)` closes it and
+    renames it to `video_filename(level_name, episode_index, episode_return)`.
+    """
+
+    def __init__(
+        self, directory: str, level_name: str, episode_index: int, fps: float, scale: int = 1
+    ):
+        self._directory = directory
+        self._level_name = level_name
+        self._episode_index = episode_index
+        partial = video_filename(level_name, episode_index, 0.0).rsplit('_return', 1)[0]
+        self._writer = VideoWriter(os.path.join(directory, f'.{partial}.partial.mp4'), fps, scale)
+
+    @property
+    def num_frames(self) -> int:
+        return self._writer.num_frames
+
+    def append(self, frame: Any) -> None:
+        self._writer.append(frame)
+
+    def finish(self, episode_return: float) -> str:
+        """Closes the video and gives it its final name; returns the path.
+
+        Raises:
+          ValueError: the episode had no frames.
+        """
+        self._writer.close()
+        if self._writer.num_frames == 0:
+            raise ValueError(f'no frames recorded for {self._level_name}')
+        path = os.path.join(
+            self._directory,
+            video_filename(self._level_name, self._episode_index, episode_return),
+        )
+        os.replace(self._writer.path, path)
+        return path
+
+    def discard(self) -> None:
+        """Closes and deletes the partial video (an episode that was cut short)."""
+        self._writer.close()
+        if os.path.exists(self._writer.path):
+            os.remove(self._writer.path)
+
+
 def write_mp4(path: str, frames: Iterable[Any], fps: float, scale: int = 1) -> int:
     """Writes `frames` to `path` as an MP4; returns the number of frames written.
 

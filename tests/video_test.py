@@ -100,3 +100,24 @@ def test_video_filename():
         video.video_filename('gym/CartPole-v1', 1, 500)
         == 'gym_CartPole-v1_episode1_return500.0.mp4'
     )
+
+
+def test_episode_video_is_named_with_its_return(tmp_path):
+    episode = video.EpisodeVideo(str(tmp_path / 'videos'), 'atari/Pong', 0, fps=60)
+    for i in range(12):
+        episode.append(_solid(20 * i))
+    assert episode.num_frames == 12
+    path = episode.finish(-20.0)
+    assert os.path.basename(path) == 'atari_Pong_episode0_return-20.0.mp4'
+    assert os.listdir(tmp_path / 'videos') == ['atari_Pong_episode0_return-20.0.mp4']
+    frames, meta = _read(path)
+    assert len(frames) == 12 and meta['fps'] == pytest.approx(60)
+
+
+def test_episode_video_discard_and_empty(tmp_path):
+    episode = video.EpisodeVideo(str(tmp_path), 'gym/CartPole-v1', 3, fps=50)
+    episode.append(_solid(0, (400, 600, 3)))
+    episode.discard()
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match='no frames'):
+        video.EpisodeVideo(str(tmp_path), 'x', 0, fps=50).finish(1.0)
