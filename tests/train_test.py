@@ -328,3 +328,17 @@ def test_resume_restores_parameters_optimizer_slots_and_frames_exactly(tmp_path)
         np.testing.assert_array_equal(x.numpy(), y.numpy())
     for x, y in zip(agent1.trainable_variables, agent2.trainable_variables, strict=True):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+@pytest.mark.slow
+def test_cartpole_learns_to_a_mean_test_return_of_195(tmp_path):
+    """The classic 'solved' bar; about 2-4 minutes on 2 shared cores."""
+    args = [a for a in CARTPOLE if not a.startswith('--learning_rate')]
+    args += ['--learning_rate=0.002', f'--logdir={tmp_path}']
+    check_ok(run_cli([*args, '--total_environment_frames=128000', '--log_interval_secs=10'], 600))
+    proc = run_cli([*args, '--mode=test', '--test_num_episodes=20'])
+    check_ok(proc)
+    with open(os.path.join(tmp_path, 'test_results.json')) as f:
+        level = json.load(f)['levels']['gym/CartPole-v1']
+    assert len(level['returns']) == 20
+    assert level['mean_return'] >= 195, level
