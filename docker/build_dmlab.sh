@@ -124,12 +124,11 @@ step_dmlab() {
 
   # python_system.bzl runs `python3` from PATH: make it the virtualenv's Python 3.11.
   export PATH="${VENV}/bin:${PATH}"
-  bazel build -c opt --cxxopt=-std=c++17 --python_version=PY3 \
-    //python/pip_package:build_pip_package
+  # Python 3 is Bazel's default; abseil needs C++17.
+  bazel build -c opt --cxxopt=-std=c++17 //python/pip_package:build_pip_package
   PYTHON_BIN_PATH="${VENV}/bin/python" \
     ./bazel-bin/python/pip_package/build_pip_package "${WHEEL_DIR}"
   ls -l "${WHEEL_DIR}"
-  bazel clean --expunge
   bazel shutdown || true
 }
 
@@ -162,7 +161,8 @@ PY
 }
 
 step_runtime() {
-  # Software (OSMesa) and hardware (EGL) rendering, SDL, and git for pip.
+  # Software (OSMesa) and hardware (EGL) rendering and SDL. Newer Mesa releases drop OSMesa
+  # (libosmesa6), one reason the image stays on Ubuntu 24.04.
   apt_install ca-certificates libosmesa6 libegl1 libgl1 libsdl2-2.0-0 libffi8 zlib1g
 }
 
