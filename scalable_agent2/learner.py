@@ -32,6 +32,10 @@ class Learner:
             name='rmsprop',
         )
         self._built = False
+        if config.use_xla and not tf.config.list_physical_devices('GPU'):
+            # Measured in bench/learner_bench.py: XLA:CPU convolutions are 2-3x slower than
+            # TF's own kernels, and the deep T=100 step compiles for minutes.
+            logging.warning('use_xla is on without a GPU; on CPU the XLA step is slower')
         self._update = tf.function(self._update_impl, jit_compile=config.use_xla)
         self._step = tf.function(self._step_impl)
 
