@@ -1,0 +1,219 @@
+"""Learner and actor processes with synthetic unrolls, for tests/distributed_test.py.
+
+Run as `python -m tests.distributed_roles learner|actor --flag=value ...` from the repository
+root. Each process writes one JSON line per event to `--out` (flushed at once), so a test can
+follow it while it runs, and kills itself after `--max_secs` whatever happens.
+
+The learner's "agent" is two small variables; update k sets them to `initial + k`, so any
+published version determines the values an actor must read.
+"""
+
+import argparse
+import faulthandler
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from scalable_agent2 import distributed
+from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
+
+FRAME_SHAPE = (2, 2, 1)
+NUM_ACTIONS = 3
+STATE_SIZE = 4
+UNROLL_LENGTH = 3
+VARIABLE_SHAPES = ((3, 2), (4,))
+
+
+def initial_state() -> tuple[np.ndarray, np.ndarray]:
+    return (np.zeros([1, STATE_SIZE], np.float32), np.zeros([1, STATE_SIZE], np.float32))
+
+
+def spec() -> ActorOutput:
+    return distributed.unroll_spec(
+        FRAME_SHAPE, np.uint8, NUM_ACTIONS, initial_state(), UNROLL_LENGTH
+    )
+
+
+def initial_values() -> list[np.ndarray]:
+    return [
+        np.arange(np.prod(s), dtype=np.float32).reshape(s) * (i + 1)
+        for i, s in enumerate(VARIABLE_SHAPES)
+    ]
+
+
+def values_at(version: int) -> list[np.ndarray]:
+    """What the learner's variables hold after `version` updates."""
+    return [v + version for v in initial_values()]
+
+
+def synthetic_unroll(marker: int, level: str) -> ActorOutput:
+    """An unroll in `actor.Actor.unroll`'s format whose numbers all derive from `marker`."""
+    t1 = UNROLL_LENGTH + 1
+    steps = np.arange(t1)
+    return ActorOutput(
+        level_name=level,
+        agent_state=(
+            np.full([1, STATE_SIZE], marker, np.float32),
+            np.full([1, STATE_SIZE], -marker, np.float32),
+        ),
+        env_outputs=StepOutput(
+            reward=(marker + steps).astype(np.float32),
+            info=StepOutputInfo(
+                np.full([t1], 0.5 * marker, np.float32), (steps + 1).astype(np.int32)
+            ),
+            done=steps == UNROLL_LENGTH,
+            observation=(
+                np.full([t1, *FRAME_SHAPE], marker % 256, np.uint8),
+                np.array([f'go {marker} {t}' for t in steps], dtype=object),
+            ),
+        ),
+        agent_outputs=AgentOutput(
+            action=(steps % NUM_ACTIONS).astype(np.int32),
+            policy_logits=np.full([t1, NUM_ACTIONS], marker, np.float32),
+            baseline=np.full([t1], -0.5 * marker, np.float32),
+        ),
+    )
+
+
+class _Log:
+    def __init__(self, path: str):
+        self._file = open(path, 'a', buffering=1)  # noqa: SIM115 (kept open for the process)
+
+    def write(self, **record) -> None:
+        record['time'] = time.time()
+        self._file.write(json.dumps(record) + '\n')
+        self._file.flush()
+
+
+def _watchdog(max_secs: float) -> None:
+    faulthandler.register(signal.SIGUSR1)  # Dumps stacks if a test needs to see a hang.
+
+    def die():
+        sys.stderr.write(f'watchdog: exceeded {max_secs}s\n')
+        sys.stderr.flush()
+        os._exit(124)
+
+    timer = threading.Timer(max_secs, die)
+    timer.daemon = True
+    timer.start()
+
+
+def run_learner(args: argparse.Namespace) -> int:
+    import tensorflow as tf
+
+    cluster = distributed.ClusterConfig(
+        learner_address=f'localhost:{args.port}',
+        queue_capacity=args.capacity,
+        shutdown_grace_secs=args.grace_secs,
+    )
+    log = _Log(args.out)
+    distributed.start_learner_server(cluster)
+    variables = [tf.Variable(v) for v in initial_values()]
+    store = distributed.ParameterStore(variables)
+    store.publish(0)
+    queue = distributed.UnrollQueue(spec(), cluster.queue_capacity)
+    log.write(event='ready')
+    for step in range(1, args.steps + 1):
+        batch = queue.dequeue_batch(args.batch_size)
+        for v in variables:
+            v.assign_add(tf.ones_like(v))
+        store.publish(step)
+        log.write(
+            event='step',
+            step=step,
+            levels=[x.decode() for x in batch.level_name.numpy()],
+            rewards=batch.env_outputs.reward.numpy().tolist(),
+            frames_shape=list(batch.env_outputs.observation[0].shape),
+            frame_first=batch.env_outputs.observation[0].numpy()[0, :, 0, 0, 0].tolist(),
+            instructions=[x.decode() for x in batch.env_outputs.observation[1].numpy()[:, 0]],
+            state=[s.numpy()[:, 0].tolist() for s in batch.agent_state],
+            logits_shape=list(batch.agent_outputs.policy_logits.shape),
+            episode_step=batch.env_outputs.info.episode_step.numpy().tolist(),
+        )
+    queue.close()
+    log.write(event='closed')
+    time.sleep(cluster.shutdown_grace_secs)
+    return 0
+
+
+def run_actor(args: argparse.Namespace) -> int:
+    import tensorflow as tf
+
+    cluster = distributed.ClusterConfig(
+        learner_address=f'localhost:{args.learner_port}',
+        actor_addresses=(f'localhost:{args.port}',) * (args.task + 1),
+        connect_timeout_secs=args.connect_timeout_secs,
+    )
+    log = _Log(args.out)
+    try:
+        distributed.connect_actor(cluster, args.task)
+        variables = [tf.Variable(np.zeros(s, np.float32)) for s in VARIABLE_SHAPES]
+        store = distributed.ParameterStore(variables, cluster.learner_address)
+        queue = distributed.UnrollQueue(spec(), cluster.queue_capacity, cluster.learner_address)
+        store.wait_published(cluster.connect_timeout_secs)
+        log.write(event='connected', task=args.task)
+        i = 0
+        while args.unrolls <= 0 or i < args.unrolls:
+            version = store.read_into()
+            log.write(
+                event='params',
+                version=version,
+                values=[v.numpy().ravel().tolist() for v in variables],
+            )
+            marker = args.marker_base + i
+            queue.enqueue(synthetic_unroll(marker, f'actor{args.task}'))
+            log.write(event='enqueued', marker=marker)
+            i += 1
+            time.sleep(args.sleep_secs)
+        return 0
+    except distributed.QueueClosedError as e:
+        log.write(event='exit', reason='closed', message=str(e))
+        return 0
+    except distributed.LearnerLostError as e:
+        log.write(event='exit', reason='lost', message=str(e))
+        sys.stderr.write(f'LearnerLostError: {e}\n')
+        return distributed.EXIT_LEARNER_LOST
+    except distributed.LearnerUnreachableError as e:
+        log.write(event='exit', reason='unreachable', message=str(e))
+        sys.stderr.write(f'LearnerUnreachableError: {e}\n')
+        return 3
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('role', choices=['learner', 'actor'])
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--max_secs', type=float, default=60.0)
+    parser.add_argument('--port', type=int, required=True)
+    parser.add_argument('--learner_port', type=int, default=0)
+    parser.add_argument('--task', type=int, default=0)
+    parser.add_argument('--steps', type=int, default=4)
+    parser.add_argument('--batch_size', type=int, default=2)
+    parser.add_argument('--capacity', type=int, default=1)
+    parser.add_argument('--grace_secs', type=float, default=3.0)
+    parser.add_argument('--unrolls', type=int, default=0)
+    parser.add_argument('--marker_base', type=int, default=0)
+    parser.add_argument('--sleep_secs', type=float, default=0.0)
+    parser.add_argument('--connect_timeout_secs', type=float, default=30.0)
+    args = parser.parse_args(argv)
+    _watchdog(args.max_secs)
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    if args.role == 'learner':
+        return run_learner(args)
+    return run_actor(args)
+
+
+if __name__ == '__main__':
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip TF's teardown of the eager context and servers (it can block on remote peers).
+    os._exit(code)

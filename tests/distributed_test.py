@@ -1,0 +1,362 @@
+"""Tests for distributed: addresses and TF_CONFIG, and real learner/actor processes on localhost.
+
+The process tests run `tests/distributed_roles.py` (synthetic unrolls, two small variables) in
+separate Python processes on free ports. Each process kills itself after `--max_secs`, every
+wait here is bounded, and a fixture kills whatever is left.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scalable_agent2 import distributed
+from tests import distributed_roles as roles
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Process start-up (importing TF) is slow on a loaded machine; waits are generous but bounded.
+WAIT_SECS = 90.0
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses and configuration (no processes).
+
+
+def test_parse_address():
+    assert distributed.parse_address('localhost:8000') == ('localhost', 8000)
+    assert distributed.parse_address('10.0.0.2:1') == ('10.0.0.2', 1)
+    assert distributed.parse_address('[::1]:8001') == ('::1', 8001)
+    for bad in ('localhost', ':8000', 'host:', 'host:0', 'host:70000', 'host:x1'):
+        with pytest.raises(ValueError, match='host:port'):
+            distributed.parse_address(bad)
+
+
+def test_default_addresses_are_the_originals():
+    c = distributed.ClusterConfig().validate()
+    assert c.learner_address == 'localhost:8000'
+    assert [c.actor_address(i) for i in range(3)] == [
+        'localhost:8001',
+        'localhost:8002',
+        'localhost:8003',
+    ]
+    c = distributed.ClusterConfig(learner_address='h0:9000', actor_addresses=('a:1', 'b:2'))
+    assert [c.actor_address(i) for i in range(3)] == ['a:1', 'b:2', 'h0:9003']
+    with pytest.raises(ValueError, match='task'):
+        c.actor_address(-1)
+
+
+@pytest.mark.parametrize(
+    'field,value',
+    [
+        ('learner_address', 'nohost'),
+        ('actor_addresses', ('a:1', 'b')),
+        ('connect_timeout_secs', 0.0),
+        ('publish_interval', 0),
+        ('queue_capacity', 0),
+        ('shutdown_grace_secs', -1.0),
+    ],
+)
+def test_cluster_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        distributed.ClusterConfig(**{field: value}).validate()
+
+
+def test_tf_config_overrides_flags_and_names_the_task():
+    tf_config = json.dumps(
+        {
+            'cluster': {'learner': ['l:7000'], 'actor': ['x:7001', 'y:7002']},
+            'task': {'type': 'actor', 'index': 1},
+        }
+    )
+    c, job, task = distributed.cluster_config_from('localhost:8000', 'z:1', tf_config)
+    assert (c.learner_address, c.actor_addresses, job, task) == (
+        'l:7000',
+        ('x:7001', 'y:7002'),
+        'actor',
+        1,
+    )
+    c, job, task = distributed.cluster_config_from('a:1', 'b:2, c:3', None, publish_interval=5)
+    assert (c.learner_address, c.actor_addresses, c.publish_interval) == ('a:1', ('b:2', 'c:3'), 5)
+    assert (job, task) == (None, None)
+
+
+@pytest.mark.parametrize(
+    'tf_config,match',
+    [
+        ('{not json', 'JSON'),
+        ('[1]', 'object'),
+        ('{"cluster": {"worker": ["a:1"]}}', 'worker'),
+        ('{"cluster": {"learner": ["a:1", "b:2"]}}', 'exactly one learner'),
+        ('{"task": {"type": "ps", "index": 0}}', 'task type'),
+    ],
+)
+def test_bad_tf_config_is_a_clear_error(tf_config, match):
+    with pytest.raises(ValueError, match=match):
+        distributed.cluster_config_from('localhost:8000', '', tf_config)
+
+
+def test_translate_errors():
+    closed = distributed.translate_errors(tf.errors.CancelledError(None, None, 'closed'), 'h:1')
+    assert isinstance(closed, distributed.QueueClosedError)
+    lost = distributed.translate_errors(tf.errors.UnavailableError(None, None, 'gone'), 'h:1')
+    assert isinstance(lost, distributed.LearnerLostError) and 'h:1' in str(lost)
+    other = tf.errors.InvalidArgumentError(None, None, 'bad')
+    assert distributed.translate_errors(other, 'h:1') is other
+
+
+def test_unroll_spec_matches_an_unroll():
+    spec = roles.spec()
+    unroll = roles.synthetic_unroll(7, 'lvl')
+    unroll = unroll._replace(agent_state=tf.nest.map_structure(lambda s: s[0], unroll.agent_state))
+    for s, x in zip(tf.nest.flatten(spec), tf.nest.flatten(unroll), strict=True):
+        x = np.asarray(x)
+        assert s.shape.as_list() == list(x.shape)
+        if s.dtype == tf.string:
+            assert x.dtype.kind in ('U', 'O')
+        else:
+            assert s.dtype.as_numpy_dtype == x.dtype
+
+
+def test_wait_for_port_gives_up_with_a_named_error():
+    port = _free_port()
+    start = time.monotonic()
+    with pytest.raises(distributed.LearnerUnreachableError, match=f'localhost:{port}'):
+        distributed.wait_for_port(f'localhost:{port}', timeout_secs=0.5)
+    assert time.monotonic() - start < 5.0
+    with socket.socket() as server:
+        server.bind(('localhost', 0))
+        server.listen()
+        waited = distributed.wait_for_port(f'localhost:{server.getsockname()[1]}', 5.0)
+    assert waited < 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Real processes.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
+
+
+class _Cluster:
+    """Starts role processes and reads their JSON-lines logs; kills everything at the end."""
+
+    def __init__(self, tmp_path):
+        self._tmp = tmp_path
+        self._procs: list[subprocess.Popen] = []
+        self.learner_port = _free_port()
+
+    def start(self, name: str, *args: str, max_secs: float = 100.0) -> subprocess.Popen:
+        out = self._tmp / f'{name}.jsonl'
+        err = open(self._tmp / f'{name}.err', 'a')  # noqa: SIM115 (closed by the child's exit)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                '-m',
+                'tests.distributed_roles',
+                *args,
+                f'--out={out}',
+                f'--max_secs={max_secs}',
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=err,
+            stderr=err,
+        )
+        err.close()
+        self._procs.append(proc)
+        return proc
+
+    def learner(self, *args: str, **kwargs) -> subprocess.Popen:
+        return self.start('learner', 'learner', f'--port={self.learner_port}', *args, **kwargs)
+
+    def actor(self, task: int, port: int, *args: str, name: str = '', **kwargs):
+        return self.start(
+            name or f'actor{task}',
+            'actor',
+            f'--task={task}',
+            f'--port={port}',
+            f'--learner_port={self.learner_port}',
+            *args,
+            **kwargs,
+        )
+
+    def events(self, name: str) -> list[dict]:
+        path = self._tmp / f'{name}.jsonl'
+        if not path.exists():
+            return []
+        lines = path.read_text().splitlines()
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # A line being written.
+                pass
+        return events
+
+    def stderr(self, name: str) -> str:
+        path = self._tmp / f'{name}.err'
+        return path.read_text() if path.exists() else ''
+
+    def wait_for(self, what: str, predicate, timeout: float = WAIT_SECS):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate()
+            if result:
+                return result
+            time.sleep(0.2)
+        raise AssertionError(f'timed out waiting for {what}')
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = _Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float = WAIT_SECS) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f'process {proc.args[3]} did not exit within {timeout}s') from None
+
+
+def _unrolls(step_events: list[dict]) -> list[tuple[str, int]]:
+    """(level, marker) of every unroll the learner trained on, in order."""
+    out = []
+    for e in step_events:
+        for b, level in enumerate(e['levels']):
+            out.append((level, int(e['rewards'][0][b])))
+    return out
+
+
+def _steps(cluster: _Cluster) -> list[dict]:
+    return [e for e in cluster.events('learner') if e['event'] == 'step']
+
+
+@pytest.mark.timeout(240)
+def test_learner_and_two_actors_share_queue_and_parameters(cluster):
+    steps = 6
+    learner = cluster.learner(f'--steps={steps}', '--batch_size=2', '--grace_secs=5')
+    actors = [
+        cluster.actor(i, _free_port(), f'--marker_base={1000 * (i + 1)}', '--sleep_secs=0.05')
+        for i in range(2)
+    ]
+    assert _wait_exit(learner) == 0, cluster.stderr('learner')[-3000:]
+    # The learner closed the queue: both actors stop cleanly.
+    for i, a in enumerate(actors):
+        assert _wait_exit(a, 30) == 0, cluster.stderr(f'actor{i}')[-3000:]
+        assert cluster.events(f'actor{i}')[-1]['reason'] == 'closed'
+
+    events = _steps(cluster)
+    assert [e['step'] for e in events] == list(range(1, steps + 1))
+    t1 = roles.UNROLL_LENGTH + 1
+    for e in events:
+        # Each batch is time-major [T+1, B, ...] and every unroll arrives intact.
+        assert e['frames_shape'] == [t1, 2, *roles.FRAME_SHAPE]
+        assert e['logits_shape'] == [t1, 2, roles.NUM_ACTIONS]
+        for b in range(2):
+            marker = int(e['rewards'][0][b])
+            expected = roles.synthetic_unroll(marker, e['levels'][b])
+            assert [r[b] for r in e['rewards']] == expected.env_outputs.reward.tolist()
+            assert [s[b] for s in e['episode_step']] == (
+                expected.env_outputs.info.episode_step.tolist()
+            )
+            assert e['frame_first'][b] == marker % 256
+            assert e['state'][0][b] == marker and e['state'][1][b] == -marker
+            assert e['levels'][b] == f'actor{marker // 1000 - 1}'
+        assert e['instructions'][0] == f'go {int(e["rewards"][0][0])} 0'
+
+    # Unrolls from both actors, each actor's in its own order.
+    unrolls = _unrolls(events)
+    for i in range(2):
+        markers = [m for level, m in unrolls if level == f'actor{i}']
+        assert markers, f'no unroll from actor {i}'
+        assert markers == list(range(1000 * (i + 1), 1000 * (i + 1) + len(markers)))
+
+    # What the actors read equals the learner's variables at the version they read.
+    for i in range(2):
+        reads = [e for e in cluster.events(f'actor{i}') if e['event'] == 'params']
+        versions = [r['version'] for r in reads]
+        assert versions == sorted(versions) and versions[-1] > 0
+        for r in reads:
+            expected = [v.ravel().tolist() for v in roles.values_at(r['version'])]
+            assert r['values'] == expected
+
+
+@pytest.mark.timeout(300)
+def test_killed_actor_does_not_stall_the_learner_and_rejoins(cluster):
+    learner = cluster.learner('--steps=100000', '--batch_size=1', max_secs=150)
+    port0 = _free_port()
+    actor0 = cluster.actor(0, port0, '--marker_base=1000', '--sleep_secs=0.05')
+    cluster.actor(1, _free_port(), '--marker_base=2000', '--sleep_secs=0.05')
+
+    def count(level, minimum=0):
+        return sum(1 for lv, m in _unrolls(_steps(cluster)) if lv == level and m >= minimum)
+
+    cluster.wait_for(
+        'unrolls from both actors', lambda: count('actor0') >= 3 and count('actor1') >= 3
+    )
+    # Killed while it is most likely blocked in an enqueue (capacity 1).
+    actor0.send_signal(signal.SIGKILL)
+    actor0.wait(timeout=10)
+    after_kill = count('actor1')
+    cluster.wait_for(
+        'the learner to go on with actor 1', lambda: count('actor1') >= after_kill + 10
+    )
+    assert learner.poll() is None
+
+    # The same command (same task and port) rejoins; its new unrolls reach the learner.
+    cluster.actor(0, port0, '--marker_base=5000', '--sleep_secs=0.05', name='actor0_again')
+    cluster.wait_for('the restarted actor', lambda: count('actor0', minimum=5000) >= 3)
+    assert learner.poll() is None
+
+
+@pytest.mark.timeout(240)
+def test_actor_waits_for_a_late_learner_and_exits_when_it_is_lost(cluster):
+    actor = cluster.actor(0, _free_port(), '--marker_base=1000', '--connect_timeout_secs=120')
+    cluster.wait_for(
+        'the waiting log line', lambda: 'Waiting for the learner' in cluster.stderr('actor0')
+    )
+    assert actor.poll() is None
+    learner = cluster.learner('--steps=100000', '--batch_size=1', max_secs=150)
+    cluster.wait_for('the late join', lambda: len(_steps(cluster)) >= 3)
+
+    learner.send_signal(signal.SIGKILL)
+    learner.wait(timeout=10)
+    assert _wait_exit(actor, 60) == distributed.EXIT_LEARNER_LOST
+    assert 'LearnerLostError: lost the learner at localhost:' in cluster.stderr('actor0')
+
+
+@pytest.mark.timeout(120)
+def test_unreachable_learner_is_a_clear_error_within_the_timeout(cluster):
+    actor = cluster.actor(0, _free_port(), '--connect_timeout_secs=3')
+    assert _wait_exit(actor) == 3
+    (event,) = [e for e in cluster.events('actor0') if e['event'] == 'exit']
+    assert event['reason'] == 'unreachable'
+    assert f'localhost:{cluster.learner_port} unreachable after 3.' in event['message']
+    assert 'connect_timeout_secs=3' in event['message']
