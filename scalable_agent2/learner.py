@@ -38,6 +38,11 @@ class Learner:
             logging.warning('use_xla is on without a GPU; on CPU the XLA step is slower')
         self._update = tf.function(self._update_impl, jit_compile=config.use_xla)
         self._step = tf.function(self._step_impl)
+        if agent.built:
+            # Agent already built (e.g. by one actor step): create the slots now, so that a
+            # checkpoint restored next fills them directly.
+            self._optimizer.initialize(agent.trainable_variables)
+            self._built = True
 
     @property
     def agent(self) -> networks.ImpalaAgent:
@@ -67,13 +72,15 @@ class Learner:
     def build(self, batch: ActorOutput) -> None:
         """Creates the agent's variables and the optimizer slots (eagerly, once).
 
-        `step` calls this on its first batch; variables restored from a checkpoint before that
-        are filled in as they are created (deferred restoration).
+        The constructor does this already when the agent has variables; otherwise `step` calls
+        it on its first batch, and variables restored from a checkpoint before that are filled
+        in as they are created (deferred restoration).
         """
         if self._built:
             return
-        first = tf.nest.map_structure(lambda t: t[:1], (batch.agent_outputs, batch.env_outputs))
-        self._agent.unroll(first[0].action, first[1], batch.agent_state)
+        if not self._agent.built:
+            first = tf.nest.map_structure(lambda t: t[:1], (batch.agent_outputs, batch.env_outputs))
+            self._agent.unroll(first[0].action, first[1], batch.agent_state)
         self._optimizer.initialize(self._agent.trainable_variables)
         self._built = True
         logging.info(

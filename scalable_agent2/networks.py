@@ -218,10 +218,16 @@ class ImpalaAgent(snt.RNNCore):
         self._core = _LazyLSTM(config.core_size, name='core')
         self._policy_logits = snt.Linear(config.num_actions, name='policy_logits')
         self._baseline = snt.Linear(1, name='baseline')
+        self._built = False
 
     @property
     def config(self) -> config_lib.AgentConfig:
         return self._config
+
+    @property
+    def built(self) -> bool:
+        """Whether all variables exist (the first step or unroll creates them)."""
+        return self._built
 
     def initial_state(self, batch_size: int) -> snt.LSTMState:
         """Zero core state: `snt.LSTMState` of float32 `[batch_size, core_size]`."""
@@ -288,6 +294,7 @@ class ImpalaAgent(snt.RNNCore):
         baseline = tf.squeeze(self._baseline(flat), axis=-1)
         action = tf.squeeze(tf.random.categorical(logits, 1, dtype=tf.int32), axis=1)
         outputs = AgentOutput(action=action, policy_logits=logits, baseline=baseline)
+        self._built = True
         return tf.nest.map_structure(lambda t: _split_leading(t, time, batch), outputs), core_state
 
     def _torso_and_extras(self, actions: tf.Tensor, env_outputs: StepOutput) -> tf.Tensor:

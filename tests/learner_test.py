@@ -163,15 +163,36 @@ def test_xla_and_graph_steps_agree_with_instructions(torso):
         np.testing.assert_allclose(dst.numpy(), src.numpy(), atol=1e-5)
 
 
-def test_checkpoint_restore_before_training_then_train(tmp_path):
+@pytest.mark.parametrize('agent_prebuilt', [False, True])
+def test_checkpoint_restore_before_training_then_train(tmp_path, agent_prebuilt):
     batch1, batch2 = _batch('mlp', seed=4), _batch('mlp', seed=5)
     first = _make('mlp', use_xla=False, learning_rate=0.01, momentum=0.5)
     first.step(batch1)
     path = tf.train.Checkpoint(**first.checkpoint_state).save(str(tmp_path / 'ckpt'))
 
-    second = _make('mlp', use_xla=True, learning_rate=0.01, momentum=0.5)
+    agent = networks.ImpalaAgent(config.AgentConfig(num_actions=A, torso='mlp'))
+    if agent_prebuilt:  # As the training loop does: one actor step creates the variables.
+        step_input = tf.nest.map_structure(
+            lambda x: x[0], (batch2.agent_outputs.action, batch2.env_outputs)
+        )
+        agent(step_input, agent.initial_state(B))
+    second = learner.Learner(
+        agent,
+        config.LearnerConfig(
+            batch_size=B,
+            unroll_length=T,
+            num_action_repeats=REPEATS,
+            use_xla=True,
+            learning_rate=0.01,
+            momentum=0.5,
+        ),
+    )
     status = tf.train.Checkpoint(**second.checkpoint_state).restore(path)
     assert int(second.num_environment_frames.numpy()) == B * T * REPEATS
+    if agent_prebuilt:  # Slots exist already and are restored at once.
+        status.assert_consumed()
+        for a, b in zip(first.optimizer.mom, second.optimizer.mom):
+            np.testing.assert_allclose(b.numpy(), a.numpy())
     m_first, m_second = first.step(batch2), second.step(batch2)
     status.assert_existing_objects_matched()
     for name in m_first:

@@ -55,7 +55,9 @@ def test_output_shapes(torso, use_instruction):
     )
     env_outputs = _env_outputs((t, b), torso)
     actions = tf.zeros([t, b], tf.int32)
+    assert not agent.built
     out, state = agent.unroll(actions, env_outputs, agent.initial_state(b))
+    assert agent.built
     assert out.action.shape == (t, b) and out.action.dtype == tf.int32
     assert out.policy_logits.shape == (t, b, NUM_ACTIONS)
     assert out.baseline.shape == (t, b) and out.baseline.dtype == tf.float32
