@@ -141,6 +141,32 @@ def _shadow(level_name: str, config: config_lib.EnvironmentConfig, seed: int) ->
         return None
 
 
+def agent_chooser(policy: Callable[..., Any], initial_state: Any) -> Callable[[StepOutput], int]:
+    """Wraps a batched agent step as `choose_action` for `record_episode`.
+
+    Args:
+      policy: `(last_action int32 [1], env_output [1, ...], core_state) -> (AgentOutput [1, ...],
+        core_state)`, e.g. `train.make_batched_policy(agent, ...)` as test mode uses it.
+      initial_state: the agent's initial core state with batch size 1.
+
+    Returns:
+      A function from each unbatched `StepOutput` to the sampled action; it carries the core
+      state and the last action from call to call, as test mode does.
+    """
+    from scalable_agent2 import actor
+
+    state = initial_state
+    last_action = np.zeros([1], np.int32)
+
+    def choose(step_output: StepOutput) -> int:
+        nonlocal state, last_action
+        agent_output, state = policy(last_action, actor.batch_env_output(step_output), state)
+        last_action = np.asarray(agent_output.action, np.int32).reshape([1])
+        return int(last_action[0])
+
+    return choose
+
+
 def record_episode(
     level_name: str,
     config: config_lib.EnvironmentConfig,

@@ -158,3 +158,55 @@ def test_dmlab_video_records_the_observations(tmp_path, monkeypatch):
     want = [deepmind_lab.frame_value(seed, n) for n in (0, 4, 8)]
     np.testing.assert_allclose([f.mean() for f in frames], want, atol=3)
     monkeypatch.delitem(sys.modules, 'deepmind_lab', raising=False)
+
+
+def test_agent_chooser_feeds_back_actions_and_state():
+    from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
+
+    calls = []
+
+    def policy(last_action, env_output, state):
+        calls.append((last_action.copy(), env_output.reward.copy(), state))
+        action = np.array([len(calls) % 3], np.int32)
+        return AgentOutput(action, np.zeros([1, 3], np.float32), np.zeros([1], np.float32)), (
+            state + 1
+        )
+
+    choose = recording.agent_chooser(policy, initial_state=10)
+
+    def out(reward):
+        return StepOutput(
+            np.float32(reward),
+            StepOutputInfo(np.float32(0), np.int32(0)),
+            False,
+            (np.zeros((2, 2, 3), np.uint8), ''),
+        )
+
+    assert [choose(out(r)) for r in (0.0, 1.0, 2.0)] == [1, 2, 0]
+    assert [c[0].tolist() for c in calls] == [[0], [1], [2]]  # Last actions, starting at 0.
+    assert [c[1].tolist() for c in calls] == [[0.0], [1.0], [2.0]]  # Batched rewards.
+    assert [c[2] for c in calls] == [10, 11, 12]  # The core state is carried.
+
+
+@pytest.mark.timeout(180)
+def test_real_agent_plays_the_recorded_atari_episode(tmp_path):
+    import tensorflow as tf
+
+    from scalable_agent2 import networks
+    from scalable_agent2 import train as train_lib
+    from scalable_agent2.environments import base
+
+    cfg = config_lib.EnvironmentConfig(atari_max_episode_frames=240).validate()
+    spec = base.ObservationSpec((84, 84, 4), 'uint8', False)
+    agent = networks.ImpalaAgent(config_lib.AgentConfig(num_actions=18, torso='shallow'))
+    train_lib.create_agent_variables(agent, spec)
+    policy = train_lib.make_batched_policy(agent, timeout_ms=10)
+    try:
+        initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
+        choose = recording.agent_chooser(policy, initial_state)
+        result = recording.record_episode('atari/Pong', cfg, 2, choose, str(tmp_path))
+    finally:
+        policy.close()
+    frames, _ = _read(result.path)
+    assert len(frames) == result.num_frames and 200 <= result.num_frames <= 241
+    assert frames[0].shape == (210, 160, 3)
