@@ -207,3 +207,31 @@ def test_unroll_rejects_bad_action_rank():
     agent = networks.ImpalaAgent(config.AgentConfig(num_actions=3, torso='mlp'))
     with pytest.raises(ValueError, match=r'\[T, B\]'):
         agent.unroll(tf.zeros([2], tf.int32), _env_outputs((2,), 'mlp'), agent.initial_state(2))
+
+
+def test_unroll_with_unknown_time_dimension_matches_static():
+    t, b = 4, 2
+    agent = networks.ImpalaAgent(config.AgentConfig(num_actions=NUM_ACTIONS, torso='mlp'))
+    done = np.zeros((t, b), bool)
+    done[2, 1] = True
+    env_outputs = _env_outputs((t, b), 'mlp', seed=9, done=done)
+    actions = tf.zeros([t, b], tf.int32)
+    start = _random_state(agent, b, seed=10)
+    static, static_state = agent.unroll(actions, env_outputs, start)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, b], tf.int32),
+            tf.TensorSpec([None, b], tf.float32),
+            tf.TensorSpec([None, b], tf.bool),
+            tf.TensorSpec([None, b, 5], tf.float32),
+        ]
+    )
+    def dynamic(actions, reward, done, frame):
+        eo = env_outputs._replace(reward=reward, done=done, observation=(frame, ()))
+        return agent.unroll(actions, eo, start)
+
+    out, state = dynamic(actions, env_outputs.reward, env_outputs.done, env_outputs.observation[0])
+    np.testing.assert_allclose(out.policy_logits, static.policy_logits, atol=1e-5)
+    np.testing.assert_allclose(out.baseline, static.baseline, atol=1e-5)
+    np.testing.assert_allclose(state.hidden, static_state.hidden, atol=1e-5)
