@@ -5,6 +5,7 @@ Every `validate()` raises `ValueError` with a one-line message naming the bad fi
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 TORSOS = ('deep', 'shallow', 'mlp')
@@ -142,6 +143,72 @@ class LearnerConfig:
         return self
 
 
+def parse_address(address: str, what: str = 'address') -> tuple[str, int]:
+    """Splits 'host:port' (IPv6 as '[::1]:port'); ValueError naming `what` otherwise."""
+    host, sep, port = address.rpartition(':')
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'{what} must be host:port with a port in 1..65535, got {address!r}')
+    return host.strip('[]'), int(port)
+
+
+def split_addresses(addresses: str | Sequence[str]) -> tuple[str, ...]:
+    """'a:1, b:2' (or a sequence) -> ('a:1', 'b:2'), empty entries dropped."""
+    if isinstance(addresses, str):
+        addresses = addresses.split(',')
+    return tuple(a.strip() for a in addresses if a.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Where the learner and actors listen, and how the distributed run behaves.
+
+    Attributes:
+      learner_address: 'host:port' of the learner's gRPC server.
+      actor_addresses: 'host:port' per actor task; task i without an entry gets the learner's
+        host with port `learner_port + 1 + i` (the original's `localhost:8001+i`).
+      connect_timeout_secs: how long an actor waits for the learner (at start and for the
+        parameters) before `LearnerUnreachableError`.
+      publish_interval: learner updates between parameter publications (1 = after every one).
+      queue_capacity: unrolls the learner-hosted queue holds (the original: 1).
+      shutdown_grace_secs: how long the learner keeps serving after closing the queue, so that
+        actors see the close and exit 0.
+    """
+
+    learner_address: str = 'localhost:8000'
+    actor_addresses: tuple[str, ...] = ()
+    connect_timeout_secs: float = 600.0
+    publish_interval: int = 1
+    queue_capacity: int = 1
+    shutdown_grace_secs: float = 10.0
+
+    def validate(self) -> 'ClusterConfig':
+        parse_address(self.learner_address, 'learner_address')
+        for address in self.actor_addresses:
+            parse_address(address, 'each of actor_addresses')
+        if not self.connect_timeout_secs > 0:
+            raise ValueError(f'connect_timeout_secs must be > 0, got {self.connect_timeout_secs}')
+        if self.publish_interval < 1:
+            raise ValueError(f'publish_interval must be >= 1, got {self.publish_interval}')
+        if self.queue_capacity < 1:
+            raise ValueError(f'queue_capacity must be >= 1, got {self.queue_capacity}')
+        if self.shutdown_grace_secs < 0:
+            raise ValueError(f'shutdown_grace_secs must be >= 0, got {self.shutdown_grace_secs}')
+        return self
+
+    def actor_address(self, task: int) -> str:
+        """The address actor `task` listens on."""
+        if task < 0:
+            raise ValueError(f'actor task must be >= 0, got {task}')
+        if task < len(self.actor_addresses):
+            return self.actor_addresses[task]
+        host, port = parse_address(self.learner_address)
+        if port + 1 + task > 65535:
+            raise ValueError(f'no default address for actor task {task}; set actor_addresses')
+        if ':' in host:
+            host = f'[{host}]'
+        return f'{host}:{port + 1 + task}'
+
+
 MODES = ('train', 'test')
 JOB_NAMES = ('learner', 'actor')
 
@@ -159,6 +226,7 @@ class ExperimentConfig:
       seed: seeds TF, numpy and the environments (actor i gets `seed + i`).
       test_num_episodes: episodes per level in test mode.
       task, job_name: distributed mode (task -1 = single machine).
+      cluster: `ClusterConfig`, addresses and behaviour of distributed mode.
       network: agent torso, 'deep', 'shallow' or 'mlp'.
       save_checkpoint_secs: seconds between checkpoints (also saved at the end and on signals).
       save_summaries_secs: seconds between learner-metric summaries (episodes are always written).
@@ -185,6 +253,7 @@ class ExperimentConfig:
     inference_timeout_ms: int = 100
     environment: EnvironmentConfig = dataclasses.field(default_factory=EnvironmentConfig)
     learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
 
     def validate(self) -> 'ExperimentConfig':
         if not self.logdir:
@@ -209,6 +278,9 @@ class ExperimentConfig:
                 'num_action_repeats differs between the environment and learner configs: '
                 f'{self.environment.num_action_repeats} vs {self.learner.num_action_repeats}'
             )
+        if self.task >= 0 and self.job_name == 'learner' and self.task != 0:
+            raise ValueError(f'the learner job has one task, 0; got task {self.task}')
         self.environment.validate()
         self.learner.validate()
+        self.cluster.validate()
         return self

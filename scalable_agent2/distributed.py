@@ -52,7 +52,6 @@ Limits of TF's runtime that shape the fault handling:
   see `QueueClosedError` and exit 0.
 """
 
-import dataclasses
 import json
 import os
 import socket
@@ -67,6 +66,7 @@ from absl import logging
 from tensorflow.python.eager import context
 from tensorflow.python.ops import gen_data_flow_ops, gen_resource_variable_ops
 
+from scalable_agent2.config import ClusterConfig, parse_address, split_addresses
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
 
 LEARNER_JOB = 'learner'
@@ -74,7 +74,6 @@ ACTOR_JOB = 'actor'
 LEARNER_DEVICE = f'/job:{LEARNER_JOB}/replica:0/task:0/device:CPU:0'
 # Exit status of an actor command whose learner went away (the supervisor loop restarts it).
 EXIT_LEARNER_LOST = 75  # EX_TEMPFAIL
-_DEFAULT_PORT = 8000
 _QUEUE_NAME = 'impala_unrolls'
 _PARAMETERS_NAME = 'impala_parameters'
 
@@ -95,71 +94,8 @@ class QueueClosedError(RuntimeError):
 # Addresses and the cluster configuration.
 
 
-def parse_address(address: str, what: str = 'address') -> tuple[str, int]:
-    """Splits 'host:port' (IPv6 as '[::1]:port'); ValueError naming `what` otherwise."""
-    host, sep, port = address.rpartition(':')
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f'{what} must be host:port with a port in 1..65535, got {address!r}')
-    return host.strip('[]'), int(port)
-
-
-def _split_addresses(addresses: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(addresses, str):
-        addresses = [a for a in addresses.split(',')]
-    return tuple(a.strip() for a in addresses if a.strip())
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterConfig:
-    """Where the learner and actors listen, and how the distributed run behaves.
-
-    Attributes:
-      learner_address: 'host:port' of the learner's gRPC server.
-      actor_addresses: 'host:port' per actor task; task i without an entry gets the learner's
-        host with port `learner_port + 1 + i` (the original's `localhost:8001+i`).
-      connect_timeout_secs: how long an actor waits for the learner (at start and for the
-        parameters) before `LearnerUnreachableError`.
-      publish_interval: learner updates between parameter publications (1 = after every one).
-      queue_capacity: unrolls the learner-hosted queue holds (the original: 1).
-      shutdown_grace_secs: how long the learner keeps serving after closing the queue, so that
-        actors see the close and exit 0.
-    """
-
-    learner_address: str = f'localhost:{_DEFAULT_PORT}'
-    actor_addresses: tuple[str, ...] = ()
-    connect_timeout_secs: float = 600.0
-    publish_interval: int = 1
-    queue_capacity: int = 1
-    shutdown_grace_secs: float = 10.0
-
-    def validate(self) -> 'ClusterConfig':
-        parse_address(self.learner_address, 'learner_address')
-        for address in self.actor_addresses:
-            parse_address(address, 'each of actor_addresses')
-        if not self.connect_timeout_secs > 0:
-            raise ValueError(f'connect_timeout_secs must be > 0, got {self.connect_timeout_secs}')
-        if self.publish_interval < 1:
-            raise ValueError(f'publish_interval must be >= 1, got {self.publish_interval}')
-        if self.queue_capacity < 1:
-            raise ValueError(f'queue_capacity must be >= 1, got {self.queue_capacity}')
-        if self.shutdown_grace_secs < 0:
-            raise ValueError(f'shutdown_grace_secs must be >= 0, got {self.shutdown_grace_secs}')
-        return self
-
-    def actor_address(self, task: int) -> str:
-        """The address actor `task` listens on."""
-        if task < 0:
-            raise ValueError(f'actor task must be >= 0, got {task}')
-        if task < len(self.actor_addresses):
-            return self.actor_addresses[task]
-        host, port = parse_address(self.learner_address)
-        if ':' in host:
-            host = f'[{host}]'
-        return f'{host}:{port + 1 + task}'
-
-
 def cluster_config_from(
-    learner_address: str = f'localhost:{_DEFAULT_PORT}',
+    learner_address: str = 'localhost:8000',
     actor_addresses: str | Sequence[str] = (),
     tf_config: str | None = None,
     **kwargs: Any,
@@ -181,7 +117,7 @@ def cluster_config_from(
       it has none).
     """
     job_name, task = None, None
-    actors = _split_addresses(actor_addresses)
+    actors = split_addresses(actor_addresses)
     if tf_config:
         try:
             parsed = json.loads(tf_config)
@@ -196,12 +132,12 @@ def cluster_config_from(
                 f'TF_CONFIG cluster has jobs {sorted(unknown)}; only learner and actor exist'
             )
         if LEARNER_JOB in cluster:
-            learners = _split_addresses(cluster[LEARNER_JOB])
+            learners = split_addresses(cluster[LEARNER_JOB])
             if len(learners) != 1:
                 raise ValueError(f'TF_CONFIG must list exactly one learner, got {learners}')
             learner_address = learners[0]
         if ACTOR_JOB in cluster:
-            actors = _split_addresses(cluster[ACTOR_JOB])
+            actors = split_addresses(cluster[ACTOR_JOB])
         task_entry = parsed.get('task') or {}
         if task_entry:
             job_name = task_entry.get('type')
@@ -213,7 +149,7 @@ def cluster_config_from(
 
 
 def cluster_config_from_environ(
-    learner_address: str = f'localhost:{_DEFAULT_PORT}',
+    learner_address: str = 'localhost:8000',
     actor_addresses: str | Sequence[str] = (),
     **kwargs: Any,
 ) -> tuple[ClusterConfig, str | None, int | None]:

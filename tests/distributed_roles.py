@@ -184,9 +184,56 @@ def run_actor(args: argparse.Namespace) -> int:
         return 3
 
 
+def cartpole_config(args: argparse.Namespace, job_name: str):
+    """A small CartPole experiment (MLP agent, 1 frame per step) for end-to-end runs."""
+    from scalable_agent2 import config
+
+    return config.ExperimentConfig(
+        logdir=args.logdir,
+        level_name='gym/CartPole-v1',
+        network='mlp',
+        task=args.task,
+        job_name=job_name,
+        log_interval_secs=1.0,
+        save_summaries_secs=1.0,
+        environment=config.EnvironmentConfig(num_action_repeats=1),
+        learner=config.LearnerConfig(
+            batch_size=args.batch_size,
+            unroll_length=UNROLL_LENGTH * 5,
+            num_action_repeats=1,
+            total_environment_frames=args.total_frames,
+            learning_rate=0.004,
+            entropy_cost=0.01,
+            use_xla=False,
+        ),
+        cluster=config.ClusterConfig(
+            learner_address=f'localhost:{args.learner_port or args.port}',
+            actor_addresses=(f'localhost:{args.port}',) * (args.task + 1),
+            connect_timeout_secs=args.connect_timeout_secs,
+            shutdown_grace_secs=args.grace_secs,
+        ),
+    ).validate()
+
+
+def run_train_learner(args: argparse.Namespace) -> int:
+    from scalable_agent2 import distributed_train
+
+    result = distributed_train.train_learner(cartpole_config(args, 'learner'))
+    _Log(args.out).write(event='result', **result)
+    return 0
+
+
+def run_train_actor(args: argparse.Namespace) -> int:
+    from scalable_agent2 import distributed_train
+
+    code = distributed_train.run_actor(cartpole_config(args, 'actor'))
+    _Log(args.out).write(event='exit', code=code)
+    return code
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument('role', choices=['learner', 'actor'])
+    parser.add_argument('role', choices=['learner', 'actor', 'train_learner', 'train_actor'])
     parser.add_argument('--out', required=True)
     parser.add_argument('--max_secs', type=float, default=60.0)
     parser.add_argument('--port', type=int, required=True)
@@ -198,6 +245,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--grace_secs', type=float, default=3.0)
     parser.add_argument('--unrolls', type=int, default=0)
     parser.add_argument('--marker_base', type=int, default=0)
+    parser.add_argument('--logdir', default='')
+    parser.add_argument('--total_frames', type=int, default=2000)
     parser.add_argument('--sleep_secs', type=float, default=0.0)
     parser.add_argument('--connect_timeout_secs', type=float, default=30.0)
     args = parser.parse_args(argv)
@@ -206,9 +255,13 @@ def main(argv: list[str]) -> int:
 
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
-    if args.role == 'learner':
-        return run_learner(args)
-    return run_actor(args)
+    roles = {
+        'learner': run_learner,
+        'actor': run_actor,
+        'train_learner': run_train_learner,
+        'train_actor': run_train_actor,
+    }
+    return roles[args.role](args)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ wait here is bounded, and a fixture kills whatever is left.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -360,3 +361,75 @@ def test_unreachable_learner_is_a_clear_error_within_the_timeout(cluster):
     assert event['reason'] == 'unreachable'
     assert f'localhost:{cluster.learner_port} unreachable after 3.' in event['message']
     assert 'connect_timeout_secs=3' in event['message']
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_cartpole_learner_and_two_actors_train_to_the_frame_budget(cluster, tmp_path):
+    """distributed_train end to end: frames come only from the actors' unrolls."""
+    logdir = str(tmp_path / 'logdir')
+    batch_size, total = 4, 1200
+    common = [f'--logdir={logdir}', f'--batch_size={batch_size}', '--grace_secs=5']
+    learner = cluster.start(
+        'learner',
+        'train_learner',
+        f'--port={cluster.learner_port}',
+        f'--total_frames={total}',
+        *common,
+        max_secs=300,
+    )
+    actors = [
+        cluster.start(
+            f'actor{i}',
+            'train_actor',
+            f'--task={i}',
+            f'--port={_free_port()}',
+            f'--learner_port={cluster.learner_port}',
+            *common,
+            max_secs=300,
+        )
+        for i in range(2)
+    ]
+    assert _wait_exit(learner, 300) == 0, cluster.stderr('learner')[-3000:]
+    for i, a in enumerate(actors):
+        assert _wait_exit(a, 60) == 0, cluster.stderr(f'actor{i}')[-3000:]
+
+    (result,) = [e for e in cluster.events('learner') if e['event'] == 'result']
+    unroll_frames = batch_size * roles.UNROLL_LENGTH * 5  # One step: B unrolls of T frames.
+    assert result['num_environment_frames'] == result['learner_steps'] * unroll_frames
+    assert result['num_environment_frames'] >= total
+    sent = []
+    for i in range(2):
+        m = re.search(r'the learner finished after (\d+) unrolls', cluster.stderr(f'actor{i}'))
+        assert m, cluster.stderr(f'actor{i}')[-2000:]
+        sent.append(int(m.group(1)))
+    # Every trained unroll was sent by an actor; at most a queue's and a prefetch's worth more.
+    assert result['learner_steps'] * batch_size <= sum(sent)
+    assert sum(sent) <= result['learner_steps'] * batch_size + 1 + 2 * batch_size + 2
+    assert min(sent) > 0
+    assert os.path.exists(result['checkpoint'] + '.index')
+
+
+def test_actor_tasks_get_suite_levels_round_robin():
+    from scalable_agent2 import distributed_train, environments
+
+    levels = environments.expand_level_names('dmlab30', is_test=False)
+    assert len(levels) == 30
+    assert [distributed_train.level_for_task('dmlab30', i) for i in (0, 1, 29, 30, 61)] == [
+        levels[0],
+        levels[1],
+        levels[29],
+        levels[0],
+        levels[1],
+    ]
+    assert distributed_train.level_for_task('gym/CartPole-v1', 7) == 'gym/CartPole-v1'
+
+
+def test_experiment_config_checks_the_distributed_fields():
+    from scalable_agent2 import config
+
+    with pytest.raises(ValueError, match='learner job has one task'):
+        config.ExperimentConfig(task=1, job_name='learner').validate()
+    with pytest.raises(ValueError, match='learner_address'):
+        config.ExperimentConfig(cluster=config.ClusterConfig(learner_address='x')).validate()
+    config.ExperimentConfig(task=3, job_name='actor').validate()
