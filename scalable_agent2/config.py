@@ -5,7 +5,9 @@ Every `validate()` raises `ValueError` with a one-line message naming the bad fi
 """
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 TORSOS = ('deep', 'shallow', 'mlp')
@@ -207,6 +209,60 @@ class ClusterConfig:
         if ':' in host:
             host = f'[{host}]'
         return f'{host}:{port + 1 + task}'
+
+
+def cluster_config_from(
+    learner_address: str = 'localhost:8000',
+    actor_addresses: str | Sequence[str] = (),
+    tf_config: str | None = None,
+    **kwargs: Any,
+) -> tuple[ClusterConfig, str | None, int | None]:
+    """Builds a `ClusterConfig` from flag values and, where set, `TF_CONFIG`.
+
+    `TF_CONFIG` (JSON, as TF's cluster resolvers read it) overrides the flag addresses:
+    `{"cluster": {"learner": ["h:p"], "actor": ["h:p", ...]}, "task": {"type": "actor",
+    "index": 3}}`.
+
+    Args:
+      learner_address: flag value.
+      actor_addresses: flag value, comma-separated or a sequence ('' = defaults).
+      tf_config: the `TF_CONFIG` string, or None/'' when unset.
+      **kwargs: other `ClusterConfig` fields.
+
+    Returns:
+      (config, job_name, task) where job_name/task come from `TF_CONFIG`'s "task" (None when
+      it has none).
+    """
+    job_name, task = None, None
+    actors = split_addresses(actor_addresses)
+    if tf_config:
+        try:
+            parsed = json.loads(tf_config)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'TF_CONFIG is not valid JSON: {e}') from e
+        if not isinstance(parsed, Mapping):
+            raise ValueError(f'TF_CONFIG must be a JSON object, got {type(parsed).__name__}')
+        cluster = parsed.get('cluster') or {}
+        unknown = set(cluster) - {'learner', 'actor'}
+        if unknown:
+            raise ValueError(
+                f'TF_CONFIG cluster has jobs {sorted(unknown)}; only learner and actor exist'
+            )
+        if 'learner' in cluster:
+            learners = split_addresses(cluster['learner'])
+            if len(learners) != 1:
+                raise ValueError(f'TF_CONFIG must list exactly one learner, got {learners}')
+            learner_address = learners[0]
+        if 'actor' in cluster:
+            actors = split_addresses(cluster['actor'])
+        task_entry = parsed.get('task') or {}
+        if task_entry:
+            job_name = task_entry.get('type')
+            if job_name not in ('learner', 'actor'):
+                raise ValueError(f'TF_CONFIG task type must be learner or actor, got {job_name!r}')
+            task = int(task_entry.get('index', 0))
+    config = ClusterConfig(learner_address=learner_address, actor_addresses=actors, **kwargs)
+    return config.validate(), job_name, task
 
 
 MODES = ('train', 'test')

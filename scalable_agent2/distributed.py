@@ -52,12 +52,10 @@ Limits of TF's runtime that shape the fault handling:
   see `QueueClosedError` and exit 0.
 """
 
-import json
-import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,7 +64,7 @@ from absl import logging
 from tensorflow.python.eager import context
 from tensorflow.python.ops import gen_data_flow_ops, gen_resource_variable_ops
 
-from scalable_agent2.config import ClusterConfig, parse_address, split_addresses
+from scalable_agent2.config import ClusterConfig, parse_address
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
 
 LEARNER_JOB = 'learner'
@@ -78,11 +76,11 @@ _QUEUE_NAME = 'impala_unrolls'
 _PARAMETERS_NAME = 'impala_parameters'
 
 
-class LearnerUnreachableError(RuntimeError):
+class LearnerUnreachableError(ConnectionError):
     """The learner did not answer within the configured time."""
 
 
-class LearnerLostError(RuntimeError):
+class LearnerLostError(ConnectionError):
     """The learner stopped answering during a run (it crashed, was killed or restarted)."""
 
 
@@ -92,71 +90,6 @@ class QueueClosedError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------
 # Addresses and the cluster configuration.
-
-
-def cluster_config_from(
-    learner_address: str = 'localhost:8000',
-    actor_addresses: str | Sequence[str] = (),
-    tf_config: str | None = None,
-    **kwargs: Any,
-) -> tuple[ClusterConfig, str | None, int | None]:
-    """Builds a `ClusterConfig` from flag values and, where set, `TF_CONFIG`.
-
-    `TF_CONFIG` (JSON, as TF's cluster resolvers read it) overrides the flag addresses:
-    `{"cluster": {"learner": ["h:p"], "actor": ["h:p", ...]}, "task": {"type": "actor",
-    "index": 3}}`.
-
-    Args:
-      learner_address: flag value.
-      actor_addresses: flag value, comma-separated or a sequence ('' = defaults).
-      tf_config: the `TF_CONFIG` string, or None/'' when unset.
-      **kwargs: other `ClusterConfig` fields.
-
-    Returns:
-      (config, job_name, task) where job_name/task come from `TF_CONFIG`'s "task" (None when
-      it has none).
-    """
-    job_name, task = None, None
-    actors = split_addresses(actor_addresses)
-    if tf_config:
-        try:
-            parsed = json.loads(tf_config)
-        except json.JSONDecodeError as e:
-            raise ValueError(f'TF_CONFIG is not valid JSON: {e}') from e
-        if not isinstance(parsed, Mapping):
-            raise ValueError(f'TF_CONFIG must be a JSON object, got {type(parsed).__name__}')
-        cluster = parsed.get('cluster') or {}
-        unknown = set(cluster) - {LEARNER_JOB, ACTOR_JOB}
-        if unknown:
-            raise ValueError(
-                f'TF_CONFIG cluster has jobs {sorted(unknown)}; only learner and actor exist'
-            )
-        if LEARNER_JOB in cluster:
-            learners = split_addresses(cluster[LEARNER_JOB])
-            if len(learners) != 1:
-                raise ValueError(f'TF_CONFIG must list exactly one learner, got {learners}')
-            learner_address = learners[0]
-        if ACTOR_JOB in cluster:
-            actors = split_addresses(cluster[ACTOR_JOB])
-        task_entry = parsed.get('task') or {}
-        if task_entry:
-            job_name = task_entry.get('type')
-            if job_name not in (LEARNER_JOB, ACTOR_JOB):
-                raise ValueError(f'TF_CONFIG task type must be learner or actor, got {job_name!r}')
-            task = int(task_entry.get('index', 0))
-    config = ClusterConfig(learner_address=learner_address, actor_addresses=actors, **kwargs)
-    return config.validate(), job_name, task
-
-
-def cluster_config_from_environ(
-    learner_address: str = 'localhost:8000',
-    actor_addresses: str | Sequence[str] = (),
-    **kwargs: Any,
-) -> tuple[ClusterConfig, str | None, int | None]:
-    """`cluster_config_from` with `TF_CONFIG` read from the environment."""
-    return cluster_config_from(
-        learner_address, actor_addresses, os.environ.get('TF_CONFIG'), **kwargs
-    )
 
 
 # --------------------------------------------------------------------------------------------

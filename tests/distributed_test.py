@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import distributed
+from scalable_agent2 import config, distributed
 from tests import distributed_roles as roles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,14 +76,14 @@ def test_tf_config_overrides_flags_and_names_the_task():
             'task': {'type': 'actor', 'index': 1},
         }
     )
-    c, job, task = distributed.cluster_config_from('localhost:8000', 'z:1', tf_config)
+    c, job, task = config.cluster_config_from('localhost:8000', 'z:1', tf_config)
     assert (c.learner_address, c.actor_addresses, job, task) == (
         'l:7000',
         ('x:7001', 'y:7002'),
         'actor',
         1,
     )
-    c, job, task = distributed.cluster_config_from('a:1', 'b:2, c:3', None, publish_interval=5)
+    c, job, task = config.cluster_config_from('a:1', 'b:2, c:3', None, publish_interval=5)
     assert (c.learner_address, c.actor_addresses, c.publish_interval) == ('a:1', ('b:2', 'c:3'), 5)
     assert (job, task) == (None, None)
 
@@ -100,7 +100,7 @@ def test_tf_config_overrides_flags_and_names_the_task():
 )
 def test_bad_tf_config_is_a_clear_error(tf_config, match):
     with pytest.raises(ValueError, match=match):
-        distributed.cluster_config_from('localhost:8000', '', tf_config)
+        config.cluster_config_from('localhost:8000', '', tf_config)
 
 
 def test_translate_errors():
@@ -426,7 +426,6 @@ def test_actor_tasks_get_suite_levels_round_robin():
 
 
 def test_experiment_config_checks_the_distributed_fields():
-    from scalable_agent2 import config
 
     with pytest.raises(ValueError, match='learner job has one task'):
         config.ExperimentConfig(task=1, job_name='learner').validate()
