@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -201,11 +202,16 @@ def train_learner(cfg: config.ExperimentConfig) -> dict[str, Any]:
         time.sleep(cluster.shutdown_grace_secs)
 
 
-def run_actor(cfg: config.ExperimentConfig) -> int:
+def run_actor(
+    cfg: config.ExperimentConfig,
+    on_unroll: Callable[[float, float, float], None] | None = None,
+) -> int:
     """The actor job: one environment and a local agent feeding the learner.
 
     Args:
       cfg: validated config with mode 'train', job_name 'actor', task >= 0.
+      on_unroll: called after each unroll with the seconds spent reading the parameters,
+        unrolling and enqueueing (for benchmarks).
 
     Returns:
       0 when the learner finished (closed the queue), `distributed.EXIT_LEARNER_LOST` when it
@@ -252,9 +258,15 @@ def run_actor(cfg: config.ExperimentConfig) -> int:
         logging.info('Actor %d playing %s.', cfg.task, level)
         last_log = time.monotonic()
         while True:
+            t0 = time.perf_counter()
             version = store.read_into()
-            unroll_queue.enqueue(the_actor.unroll())
+            t1 = time.perf_counter()
+            unroll = the_actor.unroll()
+            t2 = time.perf_counter()
+            unroll_queue.enqueue(unroll)
             unrolls += 1
+            if on_unroll is not None:
+                on_unroll(t1 - t0, t2 - t1, time.perf_counter() - t2)
             if time.monotonic() - last_log >= cfg.log_interval_secs:
                 logging.info(
                     'Actor %d: %d unrolls sent, parameters of learner step %d.',

@@ -432,3 +432,31 @@ def test_experiment_config_checks_the_distributed_fields():
     with pytest.raises(ValueError, match='learner_address'):
         config.ExperimentConfig(cluster=config.ClusterConfig(learner_address='x')).validate()
     config.ExperimentConfig(task=3, job_name='actor').validate()
+
+
+def test_supervisor_restarts_an_actor_only_while_the_learner_is_lost(tmp_path):
+    script = os.path.join(ROOT, 'experiments', 'supervise_actor.sh')
+    counter = tmp_path / 'runs'
+    # A fake actor: exits with the statuses given, one per run, counting its runs.
+    fake = tmp_path / 'fake_actor.sh'
+    fake.write_text(
+        'n=$(($(cat "$1" 2>/dev/null || echo 0) + 1)); echo $n > "$1"; shift\neval "exit \\${$n}"\n'
+    )
+    env = dict(os.environ, RESTART_DELAY_SECS='0')
+
+    def supervise(*statuses):
+        counter.unlink(missing_ok=True)
+        proc = subprocess.run(
+            ['bash', script, 'bash', str(fake), str(counter), *map(str, statuses)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return proc.returncode, int(counter.read_text()), proc.stderr
+
+    code, runs, err = supervise(distributed.EXIT_LEARNER_LOST, distributed.EXIT_LEARNER_LOST, 0)
+    assert (code, runs) == (0, 3) and err.count('learner lost; restarting') == 2
+    code, runs, err = supervise(distributed.EXIT_LEARNER_LOST, 2, 0)
+    assert (code, runs) == (2, 2) and 'status 2; not restarting' in err
+    assert supervise(0)[:2] == (0, 1)
