@@ -15,11 +15,12 @@ Mechanism (checked on TF 2.21, CPU; the choices and why):
   holds only its own job (a spec listing the actors would make it wait for every actor). An
   actor's spec holds the learner and its own task, with `ClusterDeviceFilters` so it sees only
   those; it never needs the other actors, so actors come and go freely.
-* Unrolls travel through one `tf.queue.FIFOQueue` placed on the learner's CPU with a
-  `shared_name`: the learner and every actor create "the same" queue on that device and TF's
-  resource manager on the learner gives them one object. Actors enqueue (a remote eager op),
-  the learner dequeues batches locally. Enqueue is atomic: an actor killed mid-enqueue either
-  delivered a whole unroll or nothing, and the learner keeps dequeuing from the others.
+* Unrolls travel through one FIFO queue placed on the learner's CPU with a `shared_name`: the
+  learner and every actor create "the same" queue on that device and TF's resource manager on
+  the learner gives them one object. Actors enqueue (a remote eager op), the learner dequeues
+  batches locally. Enqueue is atomic: an actor killed mid-enqueue either delivered a whole
+  unroll or nothing (a blocked enqueue of a dead actor may still complete later with its whole,
+  stale unroll), and the learner keeps dequeuing from the others.
   The queue is made with the raw `FIFOQueueV2` op: in eager mode `tf.queue.FIFOQueue` swaps
   `shared_name` for a process-local id (two processes then share a queue only by accident of
   equal ids) and deletes the resource when its Python object dies (an exiting actor would
@@ -34,8 +35,9 @@ Mechanism (checked on TF 2.21, CPU; the choices and why):
   mode.
 * `tf.distribute.experimental.ParameterServerStrategy` runs on the same runtime but does not
   fit: its coordinator ships traced functions to workers, and the `tf.py_function` a Python
-  environment needs cannot run there (it needs the coordinator's Python). So the learner
-  plays the parameter server, as the original's learner did with its variables on its CPU.
+  environment needs cannot run there (checked: a scheduled function with a `py_function` fails
+  on the worker with InvalidArgumentError). So the learner plays the parameter server, as the
+  original's learner did with its variables on its CPU.
 
 Limits of TF's runtime that shape the fault handling:
 
@@ -86,10 +88,6 @@ class LearnerLostError(ConnectionError):
 
 class QueueClosedError(RuntimeError):
     """The learner closed the unroll queue: training is over."""
-
-
-# --------------------------------------------------------------------------------------------
-# Addresses and the cluster configuration.
 
 
 # --------------------------------------------------------------------------------------------
