@@ -196,6 +196,7 @@ def cartpole_config(args: argparse.Namespace, job_name: str):
         job_name=job_name,
         log_interval_secs=1.0,
         save_summaries_secs=1.0,
+        save_checkpoint_secs=args.save_checkpoint_secs,
         environment=config.EnvironmentConfig(num_action_repeats=1),
         learner=config.LearnerConfig(
             batch_size=args.batch_size,
@@ -247,6 +248,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--marker_base', type=int, default=0)
     parser.add_argument('--logdir', default='')
     parser.add_argument('--total_frames', type=int, default=2000)
+    parser.add_argument('--save_checkpoint_secs', type=float, default=600.0)
     parser.add_argument('--sleep_secs', type=float, default=0.0)
     parser.add_argument('--connect_timeout_secs', type=float, default=30.0)
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ separate Python processes on free ports. Each process kills itself after `--max_
 wait here is bounded, and a fixture kills whatever is left.
 """
 
+import glob
 import json
 import os
 import re
@@ -157,23 +158,16 @@ class _Cluster:
         self.learner_port = _free_port()
 
     def start(self, name: str, *args: str, max_secs: float = 100.0) -> subprocess.Popen:
+        """Starts `python -m tests.distributed_roles *args` (logging to `name`.jsonl)."""
         out = self._tmp / f'{name}.jsonl'
-        err = open(self._tmp / f'{name}.err', 'a')  # noqa: SIM115 (closed by the child's exit)
+        argv = ['-m', 'tests.distributed_roles', *args, f'--out={out}', f'--max_secs={max_secs}']
+        return self.start_command(name, argv)
+
+    def start_command(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Starts `python *argv` with stdout and stderr in `name`.err."""
+        err = open(self._tmp / f'{name}.err', 'a')  # noqa: SIM115 (closed below, kept by the child)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                '-m',
-                'tests.distributed_roles',
-                *args,
-                f'--out={out}',
-                f'--max_secs={max_secs}',
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=err,
-            stderr=err,
-        )
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=err, stderr=err)
         err.close()
         self._procs.append(proc)
         return proc
@@ -243,7 +237,8 @@ def _wait_exit(proc: subprocess.Popen, timeout: float = WAIT_SECS) -> int:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError(f'process {proc.args[3]} did not exit within {timeout}s') from None
+        command = ' '.join(map(str, proc.args[1:5]))
+        raise AssertionError(f'{command} did not exit within {timeout}s') from None
 
 
 def _unrolls(step_events: list[dict]) -> list[tuple[str, int]]:
@@ -460,3 +455,80 @@ def test_supervisor_restarts_an_actor_only_while_the_learner_is_lost(tmp_path):
     code, runs, err = supervise(distributed.EXIT_LEARNER_LOST, 2, 0)
     assert (code, runs) == (2, 2) and 'status 2; not restarting' in err
     assert supervise(0)[:2] == (0, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_restarted_learner_resumes_and_supervised_actors_rejoin(cluster, tmp_path):
+    """Learner killed mid-run: actors exit 75, the supervisor restarts them, they rejoin the
+    learner restarted from its checkpoint, and everything ends cleanly at the budget."""
+    logdir = str(tmp_path / 'logdir')
+    common = [f'--logdir={logdir}', '--batch_size=4', '--grace_secs=5']
+    learner_args = [
+        'train_learner',
+        f'--port={cluster.learner_port}',
+        '--total_frames=3000',
+        '--save_checkpoint_secs=1',
+        *common,
+    ]
+    supervisor = os.path.join(ROOT, 'experiments', 'supervise_actor.sh')
+    actors = []
+    for i in range(2):
+        out = tmp_path / f'actor{i}.jsonl'
+        err = open(tmp_path / f'actor{i}.err', 'a')  # noqa: SIM115 (kept by the child)
+        actors.append(
+            subprocess.Popen(
+                [
+                    'bash',
+                    supervisor,
+                    sys.executable,
+                    '-m',
+                    'tests.distributed_roles',
+                    'train_actor',
+                    f'--task={i}',
+                    f'--port={_free_port()}',
+                    f'--learner_port={cluster.learner_port}',
+                    '--connect_timeout_secs=120',
+                    f'--out={out}',
+                    '--max_secs=400',
+                    *common,
+                ],
+                cwd=ROOT,
+                env=dict(
+                    os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT, RESTART_DELAY_SECS='1'
+                ),
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        )
+        err.close()
+    try:
+        first = cluster.start('learner', *learner_args, max_secs=300)
+        cluster.wait_for(
+            'a checkpoint', lambda: glob.glob(os.path.join(logdir, 'ckpt-*.index')), 200
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        cluster.wait_for(
+            'both actors to see the lost learner',
+            lambda: all(
+                'learner lost; restarting' in cluster.stderr(f'actor{i}') for i in range(2)
+            ),
+            60,
+        )
+        second = cluster.start('learner_again', *learner_args, max_secs=300)
+        assert _wait_exit(second, 300) == 0, cluster.stderr('learner_again')[-3000:]
+        assert 'Resumed from checkpoint' in cluster.stderr('learner_again')
+        (result,) = [e for e in cluster.events('learner_again') if e['event'] == 'result']
+        assert result['num_environment_frames'] >= 3000 and result['resumed_from'] > 0
+        for i, a in enumerate(actors):
+            assert _wait_exit(a, 60) == 0, cluster.stderr(f'actor{i}')[-3000:]
+            assert [e['code'] for e in cluster.events(f'actor{i}') if e['event'] == 'exit'] == [
+                distributed.EXIT_LEARNER_LOST,
+                0,
+            ]
+    finally:
+        for a in actors:
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
