@@ -302,6 +302,9 @@ class UnrollQueue:
                     capacity=capacity,
                     shared_name=_QUEUE_NAME,
                 )
+                # Remote ops run asynchronously: a synchronous one surfaces a layout mismatch
+                # here rather than at some later op.
+                gen_data_flow_ops.queue_size_v2(self._handle).numpy()
         except tf.errors.InvalidArgumentError as e:
             raise ValueError(
                 "the learner's unroll queue has another layout than this process's "

@@ -152,9 +152,19 @@ def run_actor(args: argparse.Namespace) -> int:
     log = _Log(args.out)
     try:
         distributed.connect_actor(cluster, args.task)
-        variables = [tf.Variable(np.zeros(s, np.float32)) for s in VARIABLE_SHAPES]
+        shapes = VARIABLE_SHAPES
+        if args.mismatch == 'parameters':  # One parameter too many.
+            shapes = (*shapes, (1,))
+        variables = [tf.Variable(np.zeros(s, np.float32)) for s in shapes]
         store = distributed.ParameterStore(variables, cluster.learner_address)
-        queue = distributed.UnrollQueue(spec(), cluster.queue_capacity, cluster.learner_address)
+        unroll_spec = spec()
+        if args.mismatch == 'queue':  # Another unroll length.
+            unroll_spec = distributed.unroll_spec(
+                FRAME_SHAPE, np.uint8, NUM_ACTIONS, initial_state(), UNROLL_LENGTH + 1
+            )
+        queue = distributed.UnrollQueue(
+            unroll_spec, cluster.queue_capacity, cluster.learner_address
+        )
         store.wait_published(cluster.connect_timeout_secs)
         log.write(event='connected', task=args.task)
         i = 0
@@ -182,6 +192,9 @@ def run_actor(args: argparse.Namespace) -> int:
         log.write(event='exit', reason='unreachable', message=str(e))
         sys.stderr.write(f'LearnerUnreachableError: {e}\n')
         return 3
+    except ValueError as e:
+        log.write(event='exit', reason='mismatch', message=str(e))
+        return 4
 
 
 def cartpole_config(args: argparse.Namespace, job_name: str):
@@ -249,6 +262,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--logdir', default='')
     parser.add_argument('--total_frames', type=int, default=2000)
     parser.add_argument('--save_checkpoint_secs', type=float, default=600.0)
+    parser.add_argument('--mismatch', choices=['', 'parameters', 'queue'], default='')
     parser.add_argument('--sleep_secs', type=float, default=0.0)
     parser.add_argument('--connect_timeout_secs', type=float, default=30.0)
     args = parser.parse_args(argv)

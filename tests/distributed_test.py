@@ -262,7 +262,18 @@ def test_learner_and_two_actors_share_queue_and_parameters(cluster):
         cluster.actor(i, _free_port(), f'--marker_base={1000 * (i + 1)}', '--sleep_secs=0.05')
         for i in range(2)
     ]
+    # Actors whose agent or unroll differ from the learner's get a clear error.
+    mismatched = {
+        kind: cluster.actor(2 + k, _free_port(), f'--mismatch={kind}', name=f'bad_{kind}')
+        for k, kind in enumerate(('parameters', 'queue'))
+    }
     assert _wait_exit(learner) == 0, cluster.stderr('learner')[-3000:]
+    for kind, proc in mismatched.items():
+        assert _wait_exit(proc, 30) == 4, cluster.stderr(f'bad_{kind}')[-3000:]
+        (event,) = [e for e in cluster.events(f'bad_{kind}') if e['event'] == 'exit']
+        assert event['reason'] == 'mismatch'
+    assert 'another number of parameters' in cluster.events('bad_parameters')[-1]['message']
+    assert 'another layout' in cluster.events('bad_queue')[-1]['message']
     # The learner closed the queue: both actors stop cleanly.
     for i, a in enumerate(actors):
         assert _wait_exit(a, 30) == 0, cluster.stderr(f'actor{i}')[-3000:]
