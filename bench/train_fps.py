@@ -4,7 +4,9 @@
         [--window_secs=60] [--limit_secs=10]
 
 For every (num_actors, batch_size) the real CLI trains Pong with the shallow network and the
-original hyperparameters otherwise (T=100, 4 action repeats, LSTM on, XLA on); the training
+original hyperparameters otherwise (T=100, 4 action repeats, LSTM on) and XLA off (on CPU
+XLA makes the learner step ~2x slower and compiles for minutes; see the learner section of
+docs/BENCHMARKS.md); the training
 rate is read from its progress log (the learner's frame counter) over a steady-state window that
 starts after `--warmup_secs` (tracing, XLA compilation, queues filling), then the run is stopped
 with SIGINT. In the same run, for each configuration:
@@ -33,13 +35,9 @@ import threading
 import time
 
 import numpy as np
-import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import learner_bench  # noqa: E402 (bench/ is not a package)
-
-from scalable_agent2 import config, environments, learner, networks, train  # noqa: E402
+# TensorFlow and the package are imported inside the functions: environment subprocesses
+# re-import this module (multiprocessing's forkserver/spawn), and should not load TensorFlow.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
@@ -62,6 +60,7 @@ def train_rate(num_actors: int, batch_size: int, warmup: float, window: float) -
             f'--logdir={logdir}',
             '--log_interval_secs=1',
             '--save_checkpoint_secs=100000',
+            '--nouse_xla',
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         points: list[tuple[float, int]] = []
@@ -96,6 +95,8 @@ def train_rate(num_actors: int, batch_size: int, warmup: float, window: float) -
 
 def env_only_rate(num_envs: int, seconds: float) -> float:
     """Frames/s of `num_envs` env subprocesses stepped by as many threads, random actions."""
+    from scalable_agent2 import config, environments
+
     env_config = config.EnvironmentConfig()
     envs = [
         environments.create_environment(LEVEL, env_config, seed=i, is_test=False)
@@ -131,6 +132,8 @@ def env_only_rate(num_envs: int, seconds: float) -> float:
 
 def env_step_seconds(steps: int = 500) -> float:
     """Median seconds per agent step of one env subprocess (round trip included)."""
+    from scalable_agent2 import config, environments
+
     env = environments.create_environment(LEVEL, config.EnvironmentConfig(), seed=0, is_test=False)
     try:
         env.initial()
@@ -147,6 +150,13 @@ def env_step_seconds(steps: int = 500) -> float:
 
 def model_step_seconds(num_actors: int, batch_size: int, rounds: int) -> tuple[float, float]:
     """(inference s per agent step at batch num_actors, learner s per agent step at B x T)."""
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import learner_bench  # bench/ is not a package.
+
+    from scalable_agent2 import config, environments, learner, networks, train
+
     env = environments.create_environment(LEVEL, config.EnvironmentConfig(), seed=0, is_test=False)
     try:
         spec, num_actions = env.observation_spec, env.num_actions
@@ -172,10 +182,10 @@ def model_step_seconds(num_actors: int, batch_size: int, rounds: int) -> tuple[f
     inference = statistics.median(times) / num_actors
 
     lrn = learner.Learner(
-        agent, config.LearnerConfig(batch_size=batch_size, unroll_length=UNROLL, use_xla=True)
+        agent, config.LearnerConfig(batch_size=batch_size, unroll_length=UNROLL, use_xla=False)
     )
     batch = learner_bench.synthetic_batch(tuple(spec.frame_shape), UNROLL, batch_size, num_actions)
-    lrn.step(batch)['total_loss'].numpy()  # Trace and compile.
+    lrn.step(batch)['total_loss'].numpy()  # Trace.
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -193,6 +203,8 @@ def main() -> None:
     parser.add_argument('--limit_secs', type=float, default=10.0, help='env-only window')
     parser.add_argument('--rounds', type=int, default=5, help='timed learner steps per B')
     args = parser.parse_args()
+    import tensorflow as tf
+
     cores = os.cpu_count()
     actors = [int(x) for x in args.actors.split(',')]
     batch_sizes = [int(x) for x in args.batch_sizes.split(',')]

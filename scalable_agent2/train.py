@@ -267,6 +267,8 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
     policy = None
     workers = _Workers(stop)
     writer = None
+    # From here on SIGINT/SIGTERM stop training cleanly (set-up finishes first, then a save).
+    signals = StopOnSignals(stop).__enter__()
     try:
         for i, level in enumerate(actor_levels):
             envs.append(
@@ -309,18 +311,17 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         batch_queue: queue.Queue = queue.Queue(maxsize=1)
         initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
 
-        with StopOnSignals(stop):
-            actors = [
-                actor.Actor(env, level, policy, initial_state, cfg.learner.unroll_length)
-                for env, level in zip(envs, actor_levels, strict=True)
-            ]
-            for i, a in enumerate(actors):
-                workers.start(f'actor_{i}', lambda a=a: _actor_loop(a, unroll_queue, stop))
-            workers.start(
-                'prefetch',
-                lambda: _prefetch_loop(unroll_queue, batch_queue, cfg.learner.batch_size, stop),
-            )
-            steps = _learner_loop(cfg, the_learner, batch_queue, unroll_queue, writer, ckpt, stop)
+        actors = [
+            actor.Actor(env, level, policy, initial_state, cfg.learner.unroll_length)
+            for env, level in zip(envs, actor_levels, strict=True)
+        ]
+        for i, a in enumerate(actors):
+            workers.start(f'actor_{i}', lambda a=a: _actor_loop(a, unroll_queue, stop))
+        workers.start(
+            'prefetch',
+            lambda: _prefetch_loop(unroll_queue, batch_queue, cfg.learner.batch_size, stop),
+        )
+        steps = _learner_loop(cfg, the_learner, batch_queue, unroll_queue, writer, ckpt, stop)
         workers.raise_first_error()
         frames = int(the_learner.num_environment_frames.numpy())
         path = ckpt.save(frames)
@@ -332,6 +333,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
             'checkpoint': path,
         }
     finally:
+        signals.__exit__(None, None, None)
         stop.set()
         if policy is not None:
             policy.close()
