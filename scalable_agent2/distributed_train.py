@@ -105,6 +105,13 @@ def train_learner(cfg: config.ExperimentConfig) -> dict[str, Any]:
     cfg.validate()
     if cfg.job_name != 'learner' or cfg.task != 0:
         raise ValueError(f'the learner job is task 0, got {cfg.job_name} task {cfg.task}')
+    stop = threading.Event()
+    # From here on SIGINT/SIGTERM stop training cleanly (set-up finishes first, then a save).
+    with train.StopOnSignals(stop):
+        return _train_learner(cfg, stop)
+
+
+def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[str, Any]:
     cluster = cfg.cluster
     train.prepare_logdir(cfg.logdir)
     # The server first: variables made before it would live on another device name.
@@ -155,7 +162,6 @@ def train_learner(cfg: config.ExperimentConfig) -> dict[str, Any]:
     )
     unroll_queue = distributed.UnrollQueue(spec, cluster.queue_capacity)
     publishing = _PublishingLearner(the_learner, store, cluster.publish_interval)
-    stop = threading.Event()
     batches: queue.Queue = queue.Queue(maxsize=1)
     workers = train._Workers(stop)
     writer = summaries.TrainingSummaries(cfg.logdir, suite, level_names)
@@ -166,19 +172,18 @@ def train_learner(cfg: config.ExperimentConfig) -> dict[str, Any]:
         cluster.queue_capacity,
     )
     try:
-        with train.StopOnSignals(stop):
-            workers.start(
-                'prefetch', lambda: _prefetch(unroll_queue, batches, cfg.learner.batch_size, stop)
-            )
-            steps = train._learner_loop(
-                cfg,
-                publishing,
-                batches,
-                _QueueStats(unroll_queue, cluster.queue_capacity),
-                writer,
-                ckpt,
-                stop,
-            )
+        workers.start(
+            'prefetch', lambda: _prefetch(unroll_queue, batches, cfg.learner.batch_size, stop)
+        )
+        steps = train._learner_loop(
+            cfg,
+            publishing,
+            batches,
+            _QueueStats(unroll_queue, cluster.queue_capacity),
+            writer,
+            ckpt,
+            stop,
+        )
         workers.raise_first_error()
         frames = int(the_learner.num_environment_frames.numpy())
         path = ckpt.save(frames)
