@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from scalable_agent2 import checkpoints, config, environments, evaluate, learner, networks, train
+from scalable_agent2.scoring import atari57, dmlab30
 from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
 
 
@@ -144,3 +145,35 @@ def test_checkpointer_round_trip_and_shape_mismatch(tmp_path):
         checkpoints.Checkpointer(str(tmp_path), {'v': w}, {'a': 1}).restore_latest()
     with pytest.raises(checkpoints.IncompatibleCheckpointError, match='a=1 \\(now 2\\)'):
         checkpoints.Checkpointer(str(tmp_path), {'v': v}, {'a': 2}).restore_latest()
+
+
+def test_suite_results_use_the_test_level_names_that_test_mode_runs():
+    rng = np.random.default_rng(1)
+    # DMLab-30: test mode runs the test levels.
+    names = environments.expand_level_names('dmlab30', is_test=True)
+    returns = {name: list(rng.uniform(0, 40, size=3)) for name in names}
+    cfg = config.ExperimentConfig(level_name='dmlab30')
+    out = evaluate.suite_results(cfg, returns)
+    hns = [
+        100
+        * (np.mean(returns[n]) - dmlab30.RANDOM_SCORES[n])
+        / (dmlab30.HUMAN_SCORES[n] - dmlab30.RANDOM_SCORES[n])
+        for n in names
+    ]
+    assert out['dmlab30_no_cap'] == pytest.approx(np.mean(hns))
+    assert out['dmlab30_cap_100'] == pytest.approx(np.mean(np.minimum(hns, 100)))
+    # Atari-57: 'atari/<game>' names; mean and median.
+    names = environments.expand_level_names('atari57', is_test=True)
+    returns = {name: [float(rng.uniform(0, 1000))] for name in names}
+    out = evaluate.suite_results(dataclasses.replace(cfg, level_name='atari57'), returns)
+    hns = [
+        100
+        * (returns[n][0] - atari57.RANDOM_SCORES[atari57.game_name(n)])
+        / (atari57.HUMAN_SCORES[atari57.game_name(n)] - atari57.RANDOM_SCORES[atari57.game_name(n)])
+        for n in names
+    ]
+    assert len(hns) == 57
+    assert out['atari57_mean'] == pytest.approx(np.mean(hns))
+    assert out['atari57_median'] == pytest.approx(np.median(hns))
+    # A single level has no suite score.
+    assert evaluate.suite_results(dataclasses.replace(cfg, level_name='gym/CartPole-v1'), {}) == {}
