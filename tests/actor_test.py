@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import actor, config, networks, train
+from scalable_agent2 import actor, config, learner, networks, train
 from scalable_agent2.environments.base import ObservationSpec
 from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
 
@@ -152,7 +152,7 @@ def test_actors_in_threads_with_the_real_agent_and_dynamic_batching():
     """Several actor threads share one batched agent; their unrolls feed a learner-shaped batch."""
     tf.random.set_seed(0)
     agent = networks.ImpalaAgent(
-        config.AgentConfig(num_actions=NUM_ACTIONS, torso='mlp', core_size=8)
+        config.AgentConfig(num_actions=NUM_ACTIONS, torso='mlp', core_size=8, use_instruction=True)
     )
     train.create_agent_variables(agent, CountingEnv().observation_spec)
     policy = train.make_batched_policy(agent, timeout_ms=5)
@@ -187,3 +187,9 @@ def test_actors_in_threads_with_the_real_agent_and_dynamic_batching():
         np.testing.assert_allclose(
             out.policy_logits[0], u.agent_outputs.policy_logits[t], rtol=1e-5, atol=1e-5
         )
+    # The stacked batch (with instruction strings) is what the learner trains on.
+    lc = config.LearnerConfig(batch_size=n, unroll_length=T, num_action_repeats=1, use_xla=False)
+    the_learner = learner.Learner(agent, lc)
+    metrics = the_learner.step(batch)
+    assert np.isfinite(metrics['total_loss'].numpy())
+    assert the_learner.num_environment_frames.numpy() == n * T
