@@ -53,7 +53,8 @@ class Checkpointer:
     def latest_checkpoint(self) -> str | None:
         return self._manager.latest_checkpoint
 
-    def _check_spec(self) -> None:
+    def check_agent_spec(self) -> None:
+        """Raises `IncompatibleCheckpointError` if logdir's agent spec differs from this one."""
         path = os.path.join(self._logdir, AGENT_SPEC_FILE)
         if not os.path.exists(path):
             return
@@ -87,7 +88,7 @@ class Checkpointer:
             if required:
                 raise NoCheckpointError(f'no checkpoint found in {self._logdir}')
             return None
-        self._check_spec()
+        self.check_agent_spec()
         try:
             status = self._checkpoint.restore(path)
             if partial:

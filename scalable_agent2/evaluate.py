@@ -98,11 +98,12 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
         obs_spec = first_env.observation_spec
         agent_config = train_lib.agent_config_for(cfg, first_env)
         agent = networks.ImpalaAgent(agent_config)
-        train_lib.create_agent_variables(agent, obs_spec)
         the_learner = learner.Learner(agent, cfg.learner)
         ckpt = checkpoints.Checkpointer(
             cfg.logdir, the_learner.checkpoint_state, train_lib.agent_spec(agent_config, obs_spec)
         )
+        ckpt.check_agent_spec()  # Before building anything that a mismatch would break.
+        train_lib.create_agent_variables(agent, obs_spec)
         path = ckpt.restore_latest(required=True, partial=True)
         frames = int(the_learner.num_environment_frames.numpy())
         logging.info('Testing checkpoint %s (%d environment frames).', path, frames)

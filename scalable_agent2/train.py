@@ -57,7 +57,17 @@ def prepare_logdir(logdir: str) -> None:
 
 
 def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConfig:
-    """The agent's config for an environment (action count, instruction use) and the flags."""
+    """The agent's config for an environment (action count, instruction use) and the flags.
+
+    Raises:
+      ValueError: a convolutional network for vector observations.
+    """
+    frame_shape = tuple(env.observation_spec.frame_shape)
+    if cfg.network in ('deep', 'shallow') and len(frame_shape) != 3:
+        raise ValueError(
+            f'--network={cfg.network} needs image frames [H, W, C], but {cfg.level_name} gives '
+            f'observations of shape {list(frame_shape)}; use --network=mlp'
+        )
     return config.AgentConfig(
         num_actions=int(env.num_actions),
         torso=cfg.network,
@@ -285,7 +295,6 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
                     f'{agent_config.num_actions}; levels of one run must share the action set'
                 )
         agent = networks.ImpalaAgent(agent_config)
-        create_agent_variables(agent, obs_spec)
         the_learner = learner.Learner(agent, cfg.learner)
         ckpt = checkpoints.Checkpointer(
             cfg.logdir,
@@ -293,6 +302,8 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
             agent_spec(agent_config, obs_spec),
             max_to_keep=cfg.max_checkpoints_to_keep,
         )
+        ckpt.check_agent_spec()  # Before building anything that a mismatch would break.
+        create_agent_variables(agent, obs_spec)
         restored = ckpt.restore_latest()
         frames = int(the_learner.num_environment_frames.numpy())
         resumed_from = None

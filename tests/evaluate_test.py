@@ -177,3 +177,9 @@ def test_suite_results_use_the_test_level_names_that_test_mode_runs():
     assert out['atari57_median'] == pytest.approx(np.median(hns))
     # A single level has no suite score.
     assert evaluate.suite_results(dataclasses.replace(cfg, level_name='gym/CartPole-v1'), {}) == {}
+
+
+def test_convolutional_network_on_vector_observations_is_a_clear_error(tmp_path):
+    cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
+    with pytest.raises(ValueError, match='needs image frames .* use --network=mlp'):
+        evaluate.evaluate(dataclasses.replace(cfg, mode='test', network='shallow'))
