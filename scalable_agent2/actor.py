@@ -42,6 +42,21 @@ def batch_env_output(env_output: StepOutput) -> StepOutput:
     )
 
 
+def policy_inputs(env_output: StepOutput, use_instruction: bool) -> StepOutput:
+    """Drops what the agent does not read before a policy call (fewer tensors to batch).
+
+    Args:
+      env_output: `[1]`-batched `StepOutput` from `batch_env_output`.
+      use_instruction: whether the agent encodes the instruction.
+
+    Returns:
+      The same with info `()` and, without `use_instruction`, instruction `()` (the agent's
+      `tokenize` passes `()` through).
+    """
+    frame, instruction = env_output.observation
+    return env_output._replace(info=(), observation=(frame, instruction if use_instruction else ()))
+
+
 def _unbatch(nest: Any) -> Any:
     """Drops the leading dimension of 1 from every array of a (tensor or numpy) nest."""
     return tf.nest.map_structure(lambda x: np.asarray(x)[0], nest)
@@ -89,6 +104,7 @@ class Actor:
         policy: Policy,
         initial_agent_state: Any,
         unroll_length: int,
+        use_instruction: bool = True,
     ):
         """Resets the environment and sets the persistent state.
 
@@ -98,6 +114,8 @@ class Actor:
           policy: see `Policy`.
           initial_agent_state: the core state for one environment, nest of `[1, ...]`.
           unroll_length: T, new agent steps per unroll.
+          use_instruction: whether to pass the instruction to the policy (the unrolls always
+            keep it).
         """
         if unroll_length <= 0:
             raise ValueError(f'unroll_length must be > 0, got {unroll_length}')
@@ -105,6 +123,7 @@ class Actor:
         self._level_name = level_name
         self._policy = policy
         self._unroll_length = unroll_length
+        self._use_instruction = use_instruction
         self._env_output = _env_output_numpy(env.initial())
         self._agent_state = _to_numpy(initial_agent_state)
         # The original starts with an all-zero agent output (action 0 = "last action").
@@ -116,9 +135,8 @@ class Actor:
 
     def _step_policy(self) -> tuple[AgentOutput, Any]:
         last_action = np.asarray([self._agent_output.action], np.int32)
-        agent_output, agent_state = self._policy(
-            last_action, batch_env_output(self._env_output), self._agent_state
-        )
+        env_output = policy_inputs(batch_env_output(self._env_output), self._use_instruction)
+        agent_output, agent_state = self._policy(last_action, env_output, self._agent_state)
         return _unbatch(agent_output), _to_numpy(agent_state)
 
     def unroll(self) -> ActorOutput:

@@ -30,7 +30,12 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def _run_episodes(
-    env: Any, policy: Any, initial_state: Any, num_episodes: int, stop: threading.Event
+    env: Any,
+    policy: Any,
+    initial_state: Any,
+    num_episodes: int,
+    stop: threading.Event,
+    use_instruction: bool = True,
 ) -> list[float]:
     """Steps `env` with `policy` until `num_episodes` episodes end; returns their returns."""
     returns: list[float] = []
@@ -40,7 +45,8 @@ def _run_episodes(
     while len(returns) < num_episodes:
         if stop.is_set():
             raise RuntimeError('evaluation stopped')
-        agent_output, state = policy(last_action, actor.batch_env_output(env_output), state)
+        inputs = actor.policy_inputs(actor.batch_env_output(env_output), use_instruction)
+        agent_output, state = policy(last_action, inputs, state)
         last_action = np.asarray(agent_output.action, np.int32).reshape([1])
         env_output = env.step(int(last_action[0]))
         if env_output.done:
@@ -134,7 +140,14 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
                                 f'level {level} has {env.num_actions} actions, the agent has '
                                 f'{agent_config.num_actions}'
                             )
-                        results[i] = _run_episodes(env, policy, initial_state, share, stop)
+                        results[i] = _run_episodes(
+                            env,
+                            policy,
+                            initial_state,
+                            share,
+                            stop,
+                            use_instruction=agent_config.use_instruction,
+                        )
                     finally:
                         env.close()
             except BaseException as e:  # Reported below.

@@ -323,7 +323,14 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
 
         actors = [
-            actor.Actor(env, level, policy, initial_state, cfg.learner.unroll_length)
+            actor.Actor(
+                env,
+                level,
+                policy,
+                initial_state,
+                cfg.learner.unroll_length,
+                use_instruction=agent_config.use_instruction,
+            )
             for env, level in zip(envs, actor_levels, strict=True)
         ]
         for i, a in enumerate(actors):

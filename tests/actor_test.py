@@ -193,3 +193,28 @@ def test_actors_in_threads_with_the_real_agent_and_dynamic_batching():
     metrics = the_learner.step(batch)
     assert np.isfinite(metrics['total_loss'].numpy())
     assert the_learner.num_environment_frames.numpy() == n * T
+
+
+def test_policy_gets_only_what_the_agent_reads():
+    seen = []
+
+    def policy(last_action, env_output, state):
+        seen.append(env_output)
+        return AgentOutput(
+            np.zeros([1], np.int32), np.zeros([1, NUM_ACTIONS]), np.zeros([1])
+        ), state
+
+    for use_instruction in (False, True):
+        seen.clear()
+        a = actor.Actor(
+            CountingEnv(), 'l', policy, np.zeros([1]), 2, use_instruction=use_instruction
+        )
+        u = a.unroll()
+        assert all(e.info == () for e in seen)
+        if use_instruction:
+            assert [e.observation[1][0] for e in seen[1:]] == ['instr 0', 'instr 1']
+        else:
+            assert all(e.observation[1] == () for e in seen)
+        # The unroll keeps everything.
+        assert list(u.env_outputs.observation[1]) == ['instr 0', 'instr 1', 'instr 2']
+        np.testing.assert_array_equal(u.env_outputs.info.episode_step, [0, 1, 2])
