@@ -131,7 +131,6 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
     finally:
         env.close()
     agent = networks.ImpalaAgent(agent_config)
-    train.create_agent_variables(agent, obs_spec)
     the_learner = learner.Learner(agent, cfg.learner)
     ckpt = checkpoints.Checkpointer(
         cfg.logdir,
@@ -139,6 +138,8 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
         train.agent_spec(agent_config, obs_spec),
         max_to_keep=cfg.max_checkpoints_to_keep,
     )
+    ckpt.check_agent_spec()  # Before building anything that a mismatch would break.
+    train.create_agent_variables(agent, obs_spec)
     restored = ckpt.restore_latest()
     frames = int(the_learner.num_environment_frames.numpy())
     resumed_from = None
@@ -259,7 +260,14 @@ def run_actor(
         def policy(last_action, env_output, core_state):
             return agent((last_action, env_output), core_state)
 
-        the_actor = actor.Actor(env, level, policy, initial_state, cfg.learner.unroll_length)
+        the_actor = actor.Actor(
+            env,
+            level,
+            policy,
+            initial_state,
+            cfg.learner.unroll_length,
+            use_instruction=agent_config.use_instruction,
+        )
         logging.info('Actor %d playing %s.', cfg.task, level)
         last_log = time.monotonic()
         while True:
