@@ -332,10 +332,10 @@ def test_resume_restores_parameters_optimizer_slots_and_frames_exactly(tmp_path)
 
 @pytest.mark.slow
 def test_cartpole_learns_to_a_mean_test_return_of_195(tmp_path):
-    """The classic 'solved' bar; about 2-4 minutes on 2 shared cores."""
+    """The classic 'solved' bar; about 3-5 minutes on 2 shared cores."""
     args = [a for a in CARTPOLE if not a.startswith('--learning_rate')]
     args += ['--learning_rate=0.002', f'--logdir={tmp_path}']
-    check_ok(run_cli([*args, '--total_environment_frames=128000', '--log_interval_secs=10'], 600))
+    check_ok(run_cli([*args, '--total_environment_frames=200000', '--log_interval_secs=10'], 600))
     proc = run_cli([*args, '--mode=test', '--test_num_episodes=20'])
     check_ok(proc)
     with open(os.path.join(tmp_path, 'test_results.json')) as f:
