@@ -43,7 +43,7 @@ CARTPOLE = [
     '--log_interval_secs=1',
     '--save_summaries_secs=1',
 ]
-FIRST_RUN_FRAMES = 16_000  # 100 learner steps of 8 x 20 frames.
+FIRST_RUN_FRAMES = 24_000  # 150 learner steps of 8 x 20 frames.
 RANDOM_CARTPOLE_RETURN = 22.0  # Mean return of a uniformly random policy.
 
 
@@ -93,7 +93,7 @@ def test_training_writes_checkpoint_summaries_and_config(trained):
     logdir, proc = trained
     assert checkpoint_numbers(logdir) == [FIRST_RUN_FRAMES]  # Saved at the end.
     assert 'Resumed' not in proc.stderr
-    assert re.search(r'frames \d+/16000 .* frames/s, learner steps \d+, queue \d+/8', proc.stderr)
+    assert re.search(r'frames \d+/24000 .* frames/s, learner steps \d+, queue \d+/8', proc.stderr)
     tags = summary_tags(logdir)
     for tag in (
         'gym/CartPole-v1/episode_return',
