@@ -6,6 +6,8 @@ unknown levels, an unwritable logdir, an incompatible or missing checkpoint, a m
 DeepMind Lab) end with one line on stderr and exit code 2, without a traceback.
 """
 
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +49,38 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         'learner',
         ['learner', 'actor'],
         'Job name. Ignored when task is set to -1.',
+        flag_values=fv,
+    )
+    # Distributed (new): where the jobs listen and how they behave. TF_CONFIG overrides the
+    # addresses (and names the job and task when it has a "task" entry).
+    flags.DEFINE_string(
+        'learner_address', 'localhost:8000', 'host:port of the learner job.', flag_values=fv
+    )
+    flags.DEFINE_string(
+        'actor_addresses',
+        '',
+        'Comma-separated host:port per actor task; empty: the learner host, port 8001+task.',
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        'connect_timeout_secs',
+        600.0,
+        'Seconds an actor waits for the learner before giving up.',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'publish_interval',
+        1,
+        'Learner updates between parameter publications to the actors.',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'queue_capacity', 1, 'Unrolls the learner-hosted queue holds.', flag_values=fv
+    )
+    flags.DEFINE_float(
+        'shutdown_grace_secs',
+        10.0,
+        'Seconds the learner keeps serving after training so that actors exit cleanly.',
         flag_values=fv,
     )
     # Training (the original's).
@@ -210,6 +244,23 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         epsilon=fv.epsilon,
         use_xla=fv.use_xla,
     )
+    cluster, tf_config_job, tf_config_task = config.cluster_config_from(
+        fv.learner_address,
+        fv.actor_addresses,
+        os.environ.get('TF_CONFIG'),
+        connect_timeout_secs=fv.connect_timeout_secs,
+        publish_interval=fv.publish_interval,
+        queue_capacity=fv.queue_capacity,
+        shutdown_grace_secs=fv.shutdown_grace_secs,
+    )
+    task, job_name = fv.task, fv.job_name
+    if tf_config_job is not None:
+        if task >= 0 and (job_name, task) != (tf_config_job, tf_config_task):
+            raise ValueError(
+                f'--job_name={job_name} --task={task} disagree with TF_CONFIG '
+                f'({tf_config_job} task {tf_config_task})'
+            )
+        task, job_name = tf_config_task, tf_config_job
     cfg = config.ExperimentConfig(
         logdir=fv.logdir,
         mode=fv.mode,
@@ -217,8 +268,8 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         num_actors=fv.num_actors,
         seed=fv.seed,
         test_num_episodes=fv.test_num_episodes,
-        task=fv.task,
-        job_name=fv.job_name,
+        task=task,
+        job_name=job_name,
         network=fv.network,
         save_checkpoint_secs=fv.save_checkpoint_secs,
         save_summaries_secs=fv.save_summaries_secs,
@@ -227,14 +278,9 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         inference_timeout_ms=fv.inference_timeout_ms,
         environment=environment,
         learner=learner,
+        cluster=cluster,
     )
-    cfg.validate()
-    if cfg.task >= 0:
-        raise ValueError(
-            f'distributed mode (--task={cfg.task}, --job_name={cfg.job_name}) is not yet '
-            'supported; use --task=-1 for single-machine training'
-        )
-    return cfg
+    return cfg.validate()
 
 
 def _fail(message: str) -> None:
@@ -253,14 +299,32 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 def run(cfg: config.ExperimentConfig) -> dict:
     """Runs the experiment described by `cfg` (train or test mode)."""
     # Imported here so that flag errors are reported without loading TensorFlow.
-    if cfg.mode == 'train':
+    if cfg.mode == 'train' and cfg.task >= 0:
+        from scalable_agent2 import distributed_train
+
+        if cfg.job_name == 'learner':
+            return distributed_train.train_learner(cfg)
+        elif cfg.job_name == 'actor':
+            # 0: the learner finished; distributed.EXIT_LEARNER_LOST: restart to rejoin.
+            code = distributed_train.run_actor(cfg)
+            if code:
+                # Skips TF's teardown, which may wait on the lost learner.
+                logging.flush()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            return {'exit_code': 0}
+        else:
+            raise ValueError(f'job_name must be learner or actor, got {cfg.job_name!r}')
+    elif cfg.mode == 'train':
         from scalable_agent2 import train
 
         return train.train(cfg)
     elif cfg.mode == 'test':
         from scalable_agent2 import evaluate
 
-        return evaluate.evaluate(cfg)
+        # As the original, test mode runs on this machine whatever the job flags say.
+        return evaluate.evaluate(dataclasses.replace(cfg, task=-1))
     else:
         raise ValueError(f'mode must be train or test, got {cfg.mode!r}')
 

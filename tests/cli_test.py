@@ -118,7 +118,9 @@ def test_flags_reach_the_config():
         (['--test_num_episodes=0'], 'test_num_episodes'),
         (['--save_checkpoint_secs=0'], 'save_checkpoint_secs'),
         (['--discounting=1.5'], 'discounting'),
-        (['--task=0'], 'not yet supported'),
+        (['--task=1'], 'learner job has one task'),
+        (['--learner_address=nohost'], 'learner_address'),
+        (['--publish_interval=0'], 'publish_interval'),
     ],
 )
 def test_bad_values_are_value_errors_naming_the_flag(args, field):
@@ -154,7 +156,7 @@ def test_cli_bad_flag_values_are_one_line(tmp_path):
         run_cli('--batch_size=0', f'--logdir={tmp_path}'), 'batch_size must be > 0'
     )
     assert_one_line_error(run_cli('--network=wide'), 'network')
-    assert_one_line_error(run_cli('--task=3', '--job_name=actor'), 'not yet supported')
+    assert_one_line_error(run_cli('--task=3', '--job_name=learner'), 'learner job has one task')
     assert_one_line_error(run_cli('stray_argument'), 'unexpected arguments')
 
 

@@ -543,3 +543,107 @@ def test_restarted_learner_resumes_and_supervised_actors_rejoin(cluster, tmp_pat
         for a in actors:
             if a.poll() is None:
                 os.killpg(a.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line.
+
+
+def _cli_config(*args: str):
+    from absl import flags
+
+    from scalable_agent2 import cli
+
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(['experiment.py', *args])
+    return cli.experiment_config(fv)
+
+
+def test_cli_builds_the_cluster_from_flags_and_tf_config(monkeypatch):
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+    cfg = _cli_config(
+        '--job_name=actor', '--task=2', '--actor_addresses=a:1,b:2', '--publish_interval=3'
+    )
+    assert (cfg.job_name, cfg.task) == ('actor', 2)
+    assert cfg.cluster.learner_address == 'localhost:8000'
+    assert cfg.cluster.actor_addresses == ('a:1', 'b:2')
+    assert cfg.cluster.publish_interval == 3
+    assert cfg.cluster.actor_address(2) == 'localhost:8003'
+
+    monkeypatch.setenv(
+        'TF_CONFIG',
+        json.dumps({'cluster': {'learner': ['l:9000']}, 'task': {'type': 'actor', 'index': 4}}),
+    )
+    cfg = _cli_config()
+    assert (cfg.job_name, cfg.task, cfg.cluster.learner_address) == ('actor', 4, 'l:9000')
+    assert cfg.cluster.actor_address(4) == 'l:9005'
+    with pytest.raises(ValueError, match='disagree with TF_CONFIG'):
+        _cli_config('--job_name=learner', '--task=0')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_cli_learner_and_two_actors_train_cartpole(cluster, tmp_path):
+    """`experiments/experiment.py --job_name=... --task=...` end to end on localhost."""
+    logdir = tmp_path / 'logdir'
+    experiment = os.path.join(ROOT, 'experiments', 'experiment.py')
+    actor_ports = [_free_port(), _free_port()]
+    common = [
+        '--level_name=gym/CartPole-v1',
+        '--network=mlp',
+        '--num_action_repeats=1',
+        '--unroll_length=15',
+        '--batch_size=4',
+        '--nouse_xla',
+        '--log_interval_secs=1',
+        f'--logdir={logdir}',
+        f'--learner_address=localhost:{cluster.learner_port}',
+        f'--actor_addresses=localhost:{actor_ports[0]},localhost:{actor_ports[1]}',
+        '--shutdown_grace_secs=5',
+        '--connect_timeout_secs=120',
+    ]
+    learner = cluster.start_command(
+        'learner',
+        [experiment, '--job_name=learner', '--task=0', '--total_environment_frames=1200', *common],
+    )
+    actors = [
+        cluster.start_command(f'actor{i}', [experiment, '--job_name=actor', f'--task={i}', *common])
+        for i in range(2)
+    ]
+    assert _wait_exit(learner, 300) == 0, cluster.stderr('learner')[-3000:]
+    for i, a in enumerate(actors):
+        assert _wait_exit(a, 60) == 0, cluster.stderr(f'actor{i}')[-3000:]
+        assert 'the learner finished after' in cluster.stderr(f'actor{i}')
+    # 20 learner steps of 4 unrolls x 15 frames, all from the actors.
+    assert os.path.exists(logdir / 'ckpt-1200.index')
+    assert 'Training stopped at 1200 environment frames (20 learner steps)' in cluster.stderr(
+        'learner'
+    )
+
+
+def test_cli_actor_without_a_learner_is_a_one_line_error(tmp_path):
+    port = _free_port()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'experiments', 'experiment.py'),
+            '--job_name=actor',
+            '--task=0',
+            f'--learner_address=localhost:{port}',
+            '--connect_timeout_secs=1',
+            '--level_name=gym/CartPole-v1',
+            '--network=mlp',
+            f'--logdir={tmp_path}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert f'localhost:{port} unreachable after 1.' in errors[0]
+    assert 'Traceback' not in proc.stderr
