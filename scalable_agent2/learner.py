@@ -32,11 +32,14 @@ class Learner:
             name='rmsprop',
         )
         self._built = False
-        if config.use_xla and not tf.config.list_physical_devices('GPU'):
-            # Measured in bench/learner_bench.py: XLA:CPU convolutions are 2-3x slower than
-            # TF's own kernels, and the deep T=100 step compiles for minutes.
+        has_gpu = bool(tf.config.list_physical_devices('GPU'))
+        # Measured in bench/learner_bench.py: XLA:CPU convolutions are 2-3x slower than TF's own
+        # kernels, and the deep T=100 step compiles for minutes; so XLA is on by default only
+        # with a GPU.
+        self._use_xla = has_gpu if config.use_xla is None else config.use_xla
+        if self._use_xla and not has_gpu:
             logging.warning('use_xla is on without a GPU; on CPU the XLA step is slower')
-        self._update = tf.function(self._update_impl, jit_compile=config.use_xla)
+        self._update = tf.function(self._update_impl, jit_compile=self._use_xla)
         self._step = tf.function(self._step_impl)
         if agent.built:
             # Agent already built (e.g. by one actor step): create the slots now, so that a
@@ -86,7 +89,7 @@ class Learner:
         logging.info(
             'learner built: %d trainable variables, xla=%s',
             len(self._agent.trainable_variables),
-            self._config.use_xla,
+            self._use_xla,
         )
 
     def step(self, batch: ActorOutput) -> dict[str, tf.Tensor]:

@@ -208,3 +208,11 @@ def test_invalid_config_raises():
     agent = networks.ImpalaAgent(config.AgentConfig(num_actions=A, torso='mlp'))
     with pytest.raises(ValueError, match='reward_clipping'):
         learner.Learner(agent, config.LearnerConfig(reward_clipping='none'))
+
+
+def test_xla_defaults_to_on_only_with_a_gpu():
+    agent = networks.ImpalaAgent(config.AgentConfig(num_actions=3, torso='mlp'))
+    has_gpu = bool(tf.config.list_physical_devices('GPU'))
+    assert learner.Learner(agent, config.LearnerConfig())._use_xla == has_gpu
+    assert learner.Learner(agent, config.LearnerConfig(use_xla=True))._use_xla
+    assert not learner.Learner(agent, config.LearnerConfig(use_xla=False))._use_xla
