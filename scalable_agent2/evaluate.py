@@ -79,7 +79,7 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
     """
     cfg.validate()
     if cfg.task >= 0:
-        raise ValueError('distributed mode (--task >= 0) is not yet supported')
+        raise ValueError('test mode runs on one machine: use task -1')
     if not os.path.isdir(cfg.logdir):
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir} (no such dir)')
     train_lib.prepare_logdir(cfg.logdir)

@@ -254,7 +254,10 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
     """
     cfg.validate()
     if cfg.task >= 0:
-        raise ValueError('distributed mode (--task >= 0) is not yet supported')
+        raise ValueError(
+            'train.train runs single-machine mode (task -1); distributed jobs (task >= 0) run '
+            'through distributed_train'
+        )
     prepare_logdir(cfg.logdir)
     tf.random.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
