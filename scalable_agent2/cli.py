@@ -40,6 +40,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         'test_num_episodes', 10, 'Number of episodes per level (test mode).', flag_values=fv
     )
+    flags.DEFINE_bool(
+        'record_video',
+        False,
+        'Test mode: also play one episode per level and write it as an MP4 of the raw frames to '
+        '<logdir>/videos (file name holds the return).',
+        flag_values=fv,
+    )
     # Distributed (the original's).
     flags.DEFINE_integer(
         'task', -1, 'Task id. Use -1 for local (single-machine) training.', flag_values=fv
@@ -272,6 +279,7 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         num_actors=fv.num_actors,
         seed=fv.seed,
         test_num_episodes=fv.test_num_episodes,
+        record_video=fv.record_video,
         task=task,
         job_name=job_name,
         network=fv.network,

@@ -282,6 +282,7 @@ class ExperimentConfig:
         mode, environments per level that share the episodes.
       seed: seeds TF, numpy and the environments (actor i gets `seed + i`).
       test_num_episodes: episodes per level in test mode.
+      record_video: in test mode, also record one episode per level as an MP4.
       task, job_name: distributed mode (task -1 = single machine).
       cluster: `ClusterConfig`, addresses and behaviour of distributed mode.
       network: agent torso, 'deep', 'shallow' or 'mlp'.
@@ -300,6 +301,7 @@ class ExperimentConfig:
     num_actors: int = 4
     seed: int = 1
     test_num_episodes: int = 10
+    record_video: bool = False
     task: int = -1
     job_name: str = 'learner'
     network: str = 'deep'

@@ -17,7 +17,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from scalable_agent2 import actor, checkpoints, config, environments, learner, networks, summaries
+from scalable_agent2 import (
+    actor,
+    checkpoints,
+    config,
+    environments,
+    learner,
+    networks,
+    recording,
+    summaries,
+)
 from scalable_agent2 import train as train_lib
 
 TEST_RESULTS_FILE = 'test_results.json'
@@ -167,6 +176,26 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
             if isinstance(errors[0], ValueError):
                 raise errors[0]
             raise RuntimeError(f'an evaluation thread failed: {errors[0]!r}') from errors[0]
+        videos = {}
+        if cfg.record_video:
+            # One extra (unscored) episode per level, in this process, from the raw frames.
+            for i, level in enumerate(level_names):
+                choose = recording.agent_chooser(
+                    policy, initial_state, use_instruction=agent_config.use_instruction
+                )
+                video = recording.record_episode(
+                    level,
+                    cfg.environment,
+                    cfg.seed + 10_000 + i,
+                    choose,
+                    os.path.join(cfg.logdir, 'videos'),
+                )
+                logging.info('%s: wrote %s (%d frames)', level, video.path, video.num_frames)
+                videos[level] = {
+                    'path': video.path,
+                    'episode_return': video.episode_return,
+                    'num_frames': video.num_frames,
+                }
     finally:
         stop.set()
         if policy is not None:
@@ -193,6 +222,8 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
             entry['mean_return'],
             len(entry['returns']),
         )
+    if videos:
+        out['videos'] = videos
     out.update(suite_results(cfg, level_returns))
     for key in sorted(k for k in out if k.startswith(('dmlab30_', 'atari57_'))):
         logging.info('%s: %.2f', key, out[key])

@@ -141,13 +141,16 @@ def _shadow(level_name: str, config: config_lib.EnvironmentConfig, seed: int) ->
         return None
 
 
-def agent_chooser(policy: Callable[..., Any], initial_state: Any) -> Callable[[StepOutput], int]:
+def agent_chooser(
+    policy: Callable[..., Any], initial_state: Any, use_instruction: bool = True
+) -> Callable[[StepOutput], int]:
     """Wraps a batched agent step as `choose_action` for `record_episode`.
 
     Args:
       policy: `(last_action int32 [1], env_output [1, ...], core_state) -> (AgentOutput [1, ...],
         core_state)`, e.g. `train.make_batched_policy(agent, ...)` as test mode uses it.
       initial_state: the agent's initial core state with batch size 1.
+      use_instruction: whether the agent reads the instruction (test mode's `policy_inputs`).
 
     Returns:
       A function from each unbatched `StepOutput` to the sampled action; it carries the core
@@ -160,7 +163,8 @@ def agent_chooser(policy: Callable[..., Any], initial_state: Any) -> Callable[[S
 
     def choose(step_output: StepOutput) -> int:
         nonlocal state, last_action
-        agent_output, state = policy(last_action, actor.batch_env_output(step_output), state)
+        inputs = actor.policy_inputs(actor.batch_env_output(step_output), use_instruction)
+        agent_output, state = policy(last_action, inputs, state)
         last_action = np.asarray(agent_output.action, np.int32).reshape([1])
         return int(last_action[0])
 

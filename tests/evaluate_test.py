@@ -73,14 +73,20 @@ def test_run_episodes_counts_episodes_and_carries_state():
 
 
 def _save_cartpole_checkpoint(logdir, frames):
+    return _save_checkpoint(
+        logdir, frames, 'gym/CartPole-v1', 'mlp', config.EnvironmentConfig(num_action_repeats=1), 1
+    )
+
+
+def _save_checkpoint(logdir, frames, level_name, network, env_config, num_action_repeats):
     cfg = config.ExperimentConfig(
         logdir=str(logdir),
-        level_name='gym/CartPole-v1',
-        network='mlp',
-        environment=config.EnvironmentConfig(num_action_repeats=1),
-        learner=config.LearnerConfig(num_action_repeats=1, use_xla=False),
+        level_name=level_name,
+        network=network,
+        environment=env_config,
+        learner=config.LearnerConfig(num_action_repeats=num_action_repeats, use_xla=False),
     ).validate()
-    env = environments.create_environment('gym/CartPole-v1', cfg.environment, 0, False)
+    env = environments.create_environment(level_name, cfg.environment, 0, False)
     try:
         agent_config = train.agent_config_for(cfg, env)
         spec = env.observation_spec
@@ -183,3 +189,26 @@ def test_convolutional_network_on_vector_observations_is_a_clear_error(tmp_path)
     cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
     with pytest.raises(ValueError, match='needs image frames .* use --network=mlp'):
         evaluate.evaluate(dataclasses.replace(cfg, mode='test', network='shallow'))
+
+
+@pytest.mark.timeout(300)
+def test_record_video_writes_a_playable_mp4_of_raw_frames(tmp_path):
+    import imageio
+
+    env_config = config.EnvironmentConfig(atari_max_episode_frames=240)
+    cfg, _ = _save_checkpoint(tmp_path, 100, 'atari/Pong', 'shallow', env_config, 4)
+    cfg = dataclasses.replace(cfg, mode='test', test_num_episodes=1, record_video=True)
+    results = evaluate.evaluate(cfg)
+    video = results['videos']['atari/Pong']
+    assert os.path.dirname(video['path']) == os.path.join(tmp_path, 'videos')
+    assert f'return{video["episode_return"]:.1f}' in os.path.basename(video['path'])
+    reader = imageio.get_reader(video['path'], format='FFMPEG')
+    try:
+        frames = np.stack([np.asarray(f) for f in reader])
+    finally:
+        reader.close()
+    # Raw 210x160 RGB emulator frames (not the 84x84 input), one per emulator frame, and the
+    # episode is cut at the 240-frame cap.
+    assert frames.shape[1:] == (210, 160, 3)
+    assert len(frames) == video['num_frames']
+    assert 200 <= video['num_frames'] <= 241
