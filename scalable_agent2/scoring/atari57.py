@@ -4,27 +4,16 @@ The reference table (`scalable_agent2/data/atari57_scores.csv`) gives each game'
 and human scores. A game's score is `100 * (return - random) / (human - random)`.
 """
 
-import csv
-import importlib.resources
-import io
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from absl import logging
 
+from scalable_agent2.scoring import common
+from scalable_agent2.scoring.common import Returns
 
-def _read_table() -> list[dict[str, str]]:
-    text = (
-        importlib.resources.files('scalable_agent2')
-        .joinpath('data', 'atari57_scores.csv')
-        .read_text(encoding='utf-8')
-    )
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-_TABLE = _read_table()
+_TABLE = common.read_table('atari57_scores.csv')
 
 # The 57 games as ROM names (snake_case, e.g. 'pong', 'montezuma_revenge'), in the table's order.
 GAMES: tuple[str, ...] = tuple(row['game'] for row in _TABLE)
@@ -50,22 +39,6 @@ def game_name(level_name: str) -> str | None:
     name = re.sub(r'-v\d+$', '', name)
     name = re.sub(r'NoFrameskip$', '', name)
     return _BY_SQUASHED_NAME.get(_squash(name))
-
-
-Returns = float | Sequence[float]
-
-
-def _mean_return(level_name: str, returns: Returns) -> float:
-    if isinstance(returns, (int, float, np.number)):
-        value = float(returns)
-    else:
-        values = np.asarray(returns, dtype=np.float64).reshape(-1)
-        if values.size == 0:
-            raise ValueError(f'Missing returns for level {level_name!r}: got an empty sequence')
-        value = float(np.mean(values))
-    if not math.isfinite(value):
-        raise ValueError(f'Return for level {level_name!r} is not finite: {value!r}')
-    return value
 
 
 def human_normalized_scores(
@@ -97,18 +70,16 @@ def human_normalized_scores(
                 f'Game {game!r} reported twice (as {reported_as[game]!r} and {level_name!r}); '
                 'report each game once'
             )
-        by_game[game] = _mean_return(level_name, returns)
+        by_game[game] = common.mean_return(level_name, returns)
         reported_as[game] = level_name
     missing = [game for game in GAMES if game not in by_game]
     if missing:
         raise ValueError(f'Missing Atari-57 games: {missing}')
     scores = {}
     for game in GAMES:
-        random, human = RANDOM_SCORES[game], HUMAN_SCORES[game]
-        score = 100.0 * (by_game[game] - random) / (human - random)
-        if per_level_cap is not None:
-            score = min(score, per_level_cap)
-        scores[game] = score
+        scores[game] = common.human_normalized(
+            by_game[game], RANDOM_SCORES[game], HUMAN_SCORES[game], per_level_cap
+        )
     return scores
 
 

@@ -5,26 +5,15 @@ names with the random-agent and human scores of the test level. Scores are compu
 levels; returns reported under a train name count as its test twin.
 """
 
-import csv
-import importlib.resources
-import io
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from absl import logging
 
+from scalable_agent2.scoring import common
+from scalable_agent2.scoring.common import Returns
 
-def _read_table() -> list[dict[str, str]]:
-    text = (
-        importlib.resources.files('scalable_agent2')
-        .joinpath('data', 'dmlab30_scores.csv')
-        .read_text(encoding='utf-8')
-    )
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-_TABLE = _read_table()
+_TABLE = common.read_table('dmlab30_scores.csv')
 
 # The 30 levels, in the table's order.
 TRAIN_LEVELS: tuple[str, ...] = tuple(row['train_level'] for row in _TABLE)
@@ -36,22 +25,6 @@ RANDOM_SCORES: dict[str, float] = {row['test_level']: float(row['random_score'])
 HUMAN_SCORES: dict[str, float] = {row['test_level']: float(row['human_score']) for row in _TABLE}
 
 ALL_LEVELS: frozenset[str] = frozenset(TRAIN_LEVELS) | frozenset(TEST_LEVELS)
-
-Returns = float | Sequence[float]
-
-
-def _mean_return(level_name: str, returns: Returns) -> float:
-    """A level's score: the return itself, or the mean of a sequence of episode returns."""
-    if isinstance(returns, (int, float, np.number)):
-        value = float(returns)
-    else:
-        values = np.asarray(returns, dtype=np.float64).reshape(-1)
-        if values.size == 0:
-            raise ValueError(f'Missing returns for level {level_name!r}: got an empty sequence')
-        value = float(np.mean(values))
-    if not math.isfinite(value):
-        raise ValueError(f'Return for level {level_name!r} is not finite: {value!r}')
-    return value
 
 
 def _test_level_returns(level_returns: Mapping[str, Returns]) -> dict[str, float]:
@@ -68,7 +41,7 @@ def _test_level_returns(level_returns: Mapping[str, Returns]) -> dict[str, float
                 f'Level {test_level!r} reported twice (as {reported_as[test_level]!r} and '
                 f'{level_name!r}); report each level once'
             )
-        by_test_level[test_level] = _mean_return(level_name, returns)
+        by_test_level[test_level] = common.mean_return(level_name, returns)
         reported_as[test_level] = level_name
     missing = [level for level in TEST_LEVELS if level not in by_test_level]
     if missing:
@@ -93,14 +66,12 @@ def human_normalized_scores(
     Raises:
       ValueError: if a level is missing, reported twice (train and test name) or has no returns.
     """
-    scores = {}
-    for level, value in _test_level_returns(level_returns).items():
-        random, human = RANDOM_SCORES[level], HUMAN_SCORES[level]
-        score = 100.0 * (value - random) / (human - random)
-        if per_level_cap is not None:
-            score = min(score, per_level_cap)
-        scores[level] = score
-    return scores
+    return {
+        level: common.human_normalized(
+            value, RANDOM_SCORES[level], HUMAN_SCORES[level], per_level_cap
+        )
+        for level, value in _test_level_returns(level_returns).items()
+    }
 
 
 def compute_human_normalized_score(
