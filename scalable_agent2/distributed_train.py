@@ -186,15 +186,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
             stop,
         )
         workers.raise_first_error()
-        frames = int(the_learner.num_environment_frames.numpy())
-        path = ckpt.save(frames)
-        logging.info('Training stopped at %d environment frames (%d learner steps).', frames, steps)
-        return {
-            'num_environment_frames': frames,
-            'learner_steps': steps,
-            'resumed_from': resumed_from,
-            'checkpoint': path,
-        }
+        return train.finish_training(the_learner, ckpt, steps, resumed_from)
     finally:
         stop.set()
         # Ends the prefetch thread's dequeue and tells the actors that training is over.

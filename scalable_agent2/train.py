@@ -344,15 +344,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         )
         steps = _learner_loop(cfg, the_learner, batch_queue, unroll_queue, writer, ckpt, stop)
         workers.raise_first_error()
-        frames = int(the_learner.num_environment_frames.numpy())
-        path = ckpt.save(frames)
-        logging.info('Training stopped at %d environment frames (%d learner steps).', frames, steps)
-        return {
-            'num_environment_frames': frames,
-            'learner_steps': steps,
-            'resumed_from': resumed_from,
-            'checkpoint': path,
-        }
+        return finish_training(the_learner, ckpt, steps, resumed_from)
     finally:
         signals.__exit__(None, None, None)
         stop.set()
@@ -366,6 +358,21 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
                 logging.warning('Closing an environment failed: %r', e)
         if writer is not None:
             writer.close()
+
+
+def finish_training(
+    the_learner: Any, ckpt: Any, steps: int, resumed_from: int | None
+) -> dict[str, Any]:
+    """Saves the final checkpoint, logs where training stopped and returns the run's summary."""
+    frames = int(the_learner.num_environment_frames.numpy())
+    path = ckpt.save(frames)
+    logging.info('Training stopped at %d environment frames (%d learner steps).', frames, steps)
+    return {
+        'num_environment_frames': frames,
+        'learner_steps': steps,
+        'resumed_from': resumed_from,
+        'checkpoint': path,
+    }
 
 
 def _learner_loop(
