@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Atari (one game, or atari57 round-robin over tasks) on one learner and NUM_ACTORS actor
-# processes, with the paper's Atari hyperparameters (Espeholt et al. 2018, appendix: batch 32,
-# unroll 20, learning rate 0.0006, entropy 0.01, RMSProp epsilon 0.01, 200M frames, 48 actors).
-# --network=shallow is the paper's small network; pass --network=deep for IMPALA-deep.
+# processes, with the paper's Atari hyperparameters from experiments/configs/atari.flags
+# (Espeholt et al. 2018, appendix: shallow feed-forward network, minimal action set, batch 32,
+# unroll 20, learning rate 0.0006, entropy 0.01, RMSProp epsilon 0.01, gradient norm clipped at
+# 40, 200M frames, 48 actors). Pass --network=deep --use_lstm for IMPALA-deep.
 #
 #   LEVEL=atari/Pong NUM_ACTORS=8 experiments/atari_distributed.sh --logdir=/tmp/pong
 #
@@ -18,10 +19,9 @@ ACTOR_ADDRESSES=${ACTOR_ADDRESSES:-}
 LOGDIR=${LOGDIR:-/tmp/agent_atari}
 
 COMMON=(
+  --flagfile=experiments/configs/atari.flags
   --level_name="$LEVEL"
   --num_actors="$NUM_ACTORS"
-  --network=shallow
-  --unroll_length=20
   --learner_address="$LEARNER_ADDRESS"
   --actor_addresses="$ACTOR_ADDRESSES"
   --logdir="$LOGDIR"
@@ -31,14 +31,7 @@ COMMON=(
 # Ctrl-C stops everything started here.
 trap 'kill 0' INT TERM
 
-"$PYTHON" experiments/experiment.py --job_name=learner --task=0 \
-  --batch_size=32 \
-  --entropy_cost=0.01 \
-  --learning_rate=0.0006 \
-  --total_environment_frames=200000000 \
-  --epsilon=0.01 \
-  --reward_clipping=abs_one \
-  "${COMMON[@]}" &
+"$PYTHON" experiments/experiment.py --job_name=learner --task=0 "${COMMON[@]}" &
 learner=$!
 
 for i in $(seq 0 $((NUM_ACTORS - 1))); do

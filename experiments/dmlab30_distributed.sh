@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DMLab-30 on one learner and NUM_ACTORS actor processes, with the original's published learner
-# flags (Espeholt et al. 2018, scalable_agent README):
+# flags (Espeholt et al. 2018, scalable_agent README), kept in experiments/configs/dmlab30.flags:
 #   batch 32, entropy_cost 0.0033391318945337044, learning_rate 0.00031866995608948655,
 #   10e9 frames, soft_asymmetric reward clipping, 150 actors.
 #
@@ -21,7 +21,7 @@ LOGDIR=${LOGDIR:-/tmp/agent_dmlab30}
 DATASET_PATH=${DATASET_PATH:-}
 
 COMMON=(
-  --level_name=dmlab30
+  --flagfile=experiments/configs/dmlab30.flags
   --num_actors="$NUM_ACTORS"
   --learner_address="$LEARNER_ADDRESS"
   --actor_addresses="$ACTOR_ADDRESSES"
@@ -33,13 +33,7 @@ COMMON=(
 # Ctrl-C stops everything started here.
 trap 'kill 0' INT TERM
 
-"$PYTHON" experiments/experiment.py --job_name=learner --task=0 \
-  --batch_size=32 \
-  --entropy_cost=0.0033391318945337044 \
-  --learning_rate=0.00031866995608948655 \
-  --total_environment_frames=10000000000 \
-  --reward_clipping=soft_asymmetric \
-  "${COMMON[@]}" &
+"$PYTHON" experiments/experiment.py --job_name=learner --task=0 "${COMMON[@]}" &
 learner=$!
 
 for i in $(seq 0 $((NUM_ACTORS - 1))); do
