@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
+from scalable_agent2.types import (
+    ActorOutput,
+    AgentOutput,
+    StepOutput,
+    StepOutputInfo,
+    game_over_or_done,
+)
 
 # policy(last_action int32 [1], env_output StepOutput with [1]-batched fields, core_state nest
 # [1, ...]) -> (AgentOutput with [1]-batched fields, new core_state nest [1, ...]).
@@ -27,7 +33,8 @@ def batch_env_output(env_output: StepOutput) -> StepOutput:
       env_output: `StepOutput` of scalars, observation `(frame [...], instruction str)`.
 
     Returns:
-      `StepOutput` with reward float32 [1], info (float32 [1], int32 [1]), done bool [1],
+      `StepOutput` with reward float32 [1], info (float32 [1], int32 [1], bool [1]), done
+      bool [1],
       observation (frame [1, ...], instruction object (str) [1]).
     """
     frame, instruction = env_output.observation
@@ -36,6 +43,7 @@ def batch_env_output(env_output: StepOutput) -> StepOutput:
         info=StepOutputInfo(
             np.asarray([env_output.info.episode_return], np.float32),
             np.asarray([env_output.info.episode_step], np.int32),
+            np.asarray([game_over_or_done(env_output.info, env_output.done)], np.bool_),
         ),
         done=np.asarray([env_output.done], np.bool_),
         observation=(np.asarray(frame)[None], np.asarray([instruction], dtype=object)),
@@ -84,7 +92,9 @@ def _env_output_numpy(env_output: StepOutput) -> StepOutput:
     return StepOutput(
         reward=np.float32(env_output.reward),
         info=StepOutputInfo(
-            np.float32(env_output.info.episode_return), np.int32(env_output.info.episode_step)
+            np.float32(env_output.info.episode_return),
+            np.int32(env_output.info.episode_step),
+            np.bool_(game_over_or_done(env_output.info, env_output.done)),
         ),
         done=np.bool_(env_output.done),
         observation=(np.asarray(frame), str(instruction)),

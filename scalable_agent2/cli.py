@@ -41,6 +41,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         'test_num_episodes', 10, 'Number of episodes per level (test mode).', flag_values=fv
     )
     flags.DEFINE_bool(
+        'test_parallel',
+        False,
+        "Test mode: share each level's episodes over up to --num_actors environments run in "
+        "parallel (seeds 1 + env_seed_offset + j), instead of the original's one environment "
+        'per level with levels in order.',
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
         'record_video',
         False,
         'Test mode: also play one episode per level and write it as an MP4 of the raw frames to '
@@ -101,8 +109,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer('num_actors', 4, 'Number of actors.', flag_values=fv)
     flags.DEFINE_integer('batch_size', 2, 'Batch size for training.', flag_values=fv)
     flags.DEFINE_integer('unroll_length', 100, 'Unroll length in agent steps.', flag_values=fv)
-    flags.DEFINE_integer('num_action_repeats', 4, 'Number of action repeats.', flag_values=fv)
-    flags.DEFINE_integer('seed', 1, 'Random seed.', flag_values=fv)
+    flags.DEFINE_integer(
+        'num_action_repeats',
+        4,
+        'Number of action repeats (gym/ levels: 1 unless given).',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer('seed', 1, 'Random seed (TensorFlow and numpy).', flag_values=fv)
+    flags.DEFINE_integer(
+        'env_seed_offset',
+        0,
+        'Added to every environment seed (actor i: i + 1 + offset; test mode: 1 + offset), '
+        'for multi-seed studies.',
+        flag_values=fv,
+    )
     # Loss settings (the original's).
     flags.DEFINE_float('entropy_cost', 0.00025, 'Entropy cost/multiplier.', flag_values=fv)
     flags.DEFINE_float('baseline_cost', 0.5, 'Baseline cost/multiplier.', flag_values=fv)
@@ -147,6 +167,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         flag_values=fv,
     )
     flags.DEFINE_bool(
+        'use_lstm',
+        True,
+        "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
+        "paper's single-game Atari experts.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        'max_grad_norm',
+        0.0,
+        'Clip the global gradient norm to this before each update (the paper: 40 on Atari); '
+        '0 does not clip, as the original code.',
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
         'use_xla',
         None,
         'Compile the learner step with XLA. Default: on only when a GPU is visible (on CPU XLA '
@@ -171,7 +205,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         'log_interval_secs', 10.0, 'Seconds between progress log lines.', flag_values=fv
     )
     flags.DEFINE_integer(
-        'max_checkpoints_to_keep', 3, 'Checkpoints kept in --logdir.', flag_values=fv
+        'max_checkpoints_to_keep', 5, 'Checkpoints kept in --logdir.', flag_values=fv
     )
     flags.DEFINE_integer(
         'inference_timeout_ms',
@@ -214,8 +248,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_bool(
         'atari_full_action_space',
-        True,
-        'Use all 18 Atari actions for every game (needed to train on atari57).',
+        None,
+        "Use all 18 Atari actions for every game. Default: on for 'atari57' (one agent plays "
+        "every game), off for a single game (its minimal action set, as the paper's experts).",
         flag_values=fv,
     )
 
@@ -226,10 +261,13 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
     Raises:
       ValueError: a flag has a bad value (one-line message naming it).
     """
+    num_action_repeats = fv.num_action_repeats
+    if fv.level_name.startswith('gym/') and not fv['num_action_repeats'].present:
+        num_action_repeats = 1  # Gymnasium environments act every step unless told otherwise.
     environment = config.EnvironmentConfig(
         width=fv.width,
         height=fv.height,
-        num_action_repeats=fv.num_action_repeats,
+        num_action_repeats=num_action_repeats,
         dataset_path=fv.dataset_path,
         level_cache_dir=fv.level_cache_dir,
         atari_frame_size=fv.atari_frame_size,
@@ -238,12 +276,16 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         atari_sticky_action_prob=fv.atari_sticky_action_prob,
         atari_max_episode_frames=fv.atari_max_episode_frames,
         atari_terminal_on_life_loss=fv.atari_terminal_on_life_loss,
-        atari_full_action_space=fv.atari_full_action_space,
+        atari_full_action_space=(
+            fv.level_name == 'atari57'
+            if fv.atari_full_action_space is None
+            else fv.atari_full_action_space
+        ),
     )
     learner = config.LearnerConfig(
         batch_size=fv.batch_size,
         unroll_length=fv.unroll_length,
-        num_action_repeats=fv.num_action_repeats,
+        num_action_repeats=num_action_repeats,
         total_environment_frames=fv.total_environment_frames,
         entropy_cost=fv.entropy_cost,
         baseline_cost=fv.baseline_cost,
@@ -254,6 +296,7 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         momentum=fv.momentum,
         epsilon=fv.epsilon,
         use_xla=fv.use_xla,
+        max_grad_norm=fv.max_grad_norm or None,
     )
     cluster, tf_config_job, tf_config_task = config.cluster_config_from(
         fv.learner_address,
@@ -278,11 +321,14 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         level_name=fv.level_name,
         num_actors=fv.num_actors,
         seed=fv.seed,
+        env_seed_offset=fv.env_seed_offset,
         test_num_episodes=fv.test_num_episodes,
+        test_parallel=fv.test_parallel,
         record_video=fv.record_video,
         task=task,
         job_name=job_name,
         network=fv.network,
+        use_lstm=fv.use_lstm,
         save_checkpoint_secs=fv.save_checkpoint_secs,
         save_summaries_secs=fv.save_summaries_secs,
         log_interval_secs=fv.log_interval_secs,

@@ -38,7 +38,8 @@ class EnvironmentConfig:
       atari_sticky_action_prob: ALE `repeat_action_probability` (0 = IMPALA; 0.25 = Machado).
       atari_max_episode_frames: cap on an Atari episode's length, in frames.
       atari_terminal_on_life_loss: end training episodes on life loss (never in test mode).
-      atari_full_action_space: use all 18 actions for every game.
+      atari_full_action_space: use all 18 actions for every game (needed for atari57);
+        False (default) gives each game its minimal action set, as the paper's experts.
     """
 
     width: int = 96
@@ -52,7 +53,7 @@ class EnvironmentConfig:
     atari_sticky_action_prob: float = 0.0
     atari_max_episode_frames: int = 108_000
     atari_terminal_on_life_loss: bool = True
-    atari_full_action_space: bool = True
+    atari_full_action_space: bool = False
 
     def validate(self) -> 'EnvironmentConfig':
         _positive('width', self.width)
@@ -78,12 +79,16 @@ class AgentConfig:
       torso: 'deep' (ResNet, the original default), 'shallow' (the paper's) or 'mlp'.
       core_size: LSTM units.
       use_instruction: whether to encode the instruction (DeepMind Lab only).
+      use_lstm: run the LSTM core (the original); False gives the paper's feed-forward
+        single-game Atari agent, whose heads read the torso output directly (the core state is
+        then carried but unused).
     """
 
     num_actions: int
     torso: str = 'deep'
     core_size: int = 256
     use_instruction: bool = False
+    use_lstm: bool = True
 
     def validate(self) -> 'AgentConfig':
         _positive('num_actions', self.num_actions)
@@ -108,6 +113,8 @@ class LearnerConfig:
       learning_rate, decay, momentum, epsilon: RMSProp (TF1 semantics).
       use_xla: compile the train step with XLA; None (default) turns it on only when a GPU is
         visible, since on CPU XLA's convolutions made the step 2-3x slower.
+      max_grad_norm: clip the global gradient norm to this (the paper's Atari value is 40);
+        None (default, as the original code) does not clip.
     """
 
     batch_size: int = 2
@@ -123,8 +130,11 @@ class LearnerConfig:
     momentum: float = 0.0
     epsilon: float = 0.1
     use_xla: bool | None = None
+    max_grad_norm: float | None = None
 
     def validate(self) -> 'LearnerConfig':
+        if self.max_grad_norm is not None:
+            _positive('max_grad_norm', self.max_grad_norm)
         _positive('batch_size', self.batch_size)
         _positive('unroll_length', self.unroll_length)
         _positive('num_action_repeats', self.num_action_repeats)
@@ -280,12 +290,19 @@ class ExperimentConfig:
       level_name: a DeepMind Lab level, 'dmlab30', 'atari/<Game>', 'atari57' or 'gym/<EnvId>'.
       num_actors: actor threads (one environment each) in single-machine training; in test
         mode, environments per level that share the episodes.
-      seed: seeds TF, numpy and the environments (actor i gets `seed + i`).
+      seed: seeds TensorFlow and numpy.
+      env_seed_offset: shifts every environment seed (for multi-seed studies); as the
+        original, actor (or task) i's environment has seed `i + 1 + env_seed_offset` and each
+        test-mode level's environment seed `1 + env_seed_offset`.
       test_num_episodes: episodes per level in test mode.
+      test_parallel: test mode shares each level's episodes over up to `num_actors`
+        environments (seeds `1 + env_seed_offset + j`) instead of the original's one
+        environment per level, levels in order.
       record_video: in test mode, also record one episode per level as an MP4.
       task, job_name: distributed mode (task -1 = single machine).
       cluster: `ClusterConfig`, addresses and behaviour of distributed mode.
       network: agent torso, 'deep', 'shallow' or 'mlp'.
+      use_lstm: the agent's LSTM core (True, the original) or the feed-forward agent.
       save_checkpoint_secs: seconds between checkpoints (also saved at the end and on signals).
       save_summaries_secs: seconds between learner-metric summaries (episodes are always written).
       log_interval_secs: seconds between progress log lines.
@@ -300,19 +317,26 @@ class ExperimentConfig:
     level_name: str = 'explore_goal_locations_small'
     num_actors: int = 4
     seed: int = 1
+    env_seed_offset: int = 0
     test_num_episodes: int = 10
+    test_parallel: bool = False
     record_video: bool = False
     task: int = -1
     job_name: str = 'learner'
     network: str = 'deep'
+    use_lstm: bool = True
     save_checkpoint_secs: float = 600.0
     save_summaries_secs: float = 30.0
     log_interval_secs: float = 10.0
-    max_checkpoints_to_keep: int = 3
+    max_checkpoints_to_keep: int = 5
     inference_timeout_ms: int = 100
     environment: EnvironmentConfig = dataclasses.field(default_factory=EnvironmentConfig)
     learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+
+    def env_seed(self, index: int) -> int:
+        """The seed of actor (or distributed task, or test environment) `index`."""
+        return index + 1 + self.env_seed_offset
 
     def validate(self) -> 'ExperimentConfig':
         if not self.logdir:

@@ -257,7 +257,11 @@ def unroll_spec(
         ),
         env_outputs=StepOutput(
             reward=tf.TensorSpec([t1], tf.float32),
-            info=StepOutputInfo(tf.TensorSpec([t1], tf.float32), tf.TensorSpec([t1], tf.int32)),
+            info=StepOutputInfo(
+                tf.TensorSpec([t1], tf.float32),
+                tf.TensorSpec([t1], tf.int32),
+                tf.TensorSpec([t1], tf.bool),
+            ),
             done=tf.TensorSpec([t1], tf.bool),
             observation=(
                 tf.TensorSpec([t1, *frame_shape], tf.as_dtype(frame_dtype)),

@@ -9,12 +9,12 @@ learner:      UnrollQueue --prefetch thread (dequeue_many B, time-major)--> batc
 The learner trains exactly as in single-machine mode (`train._learner_loop`), but on unrolls
 from the learner-hosted queue, so its frame counter advances only from actors' unrolls. Actor
 task i plays level `levels[i % len(levels)]` (so `dmlab30`/`atari57` are assigned round-robin
-across tasks) with seed `seed + i`, and reads the learner's parameters once per unroll.
+across tasks) with seed `i + 1 + env_seed_offset`, and reads the learner's parameters once
+per unroll.
 """
 
 import dataclasses
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -79,7 +79,7 @@ class _QueueStats:
 
 def _prefetch(
     unroll_queue: distributed.UnrollQueue,
-    batches: queue.Queue,
+    batches: train.StagedBatch,
     batch_size: int,
     stop: threading.Event,
 ) -> None:
@@ -88,7 +88,7 @@ def _prefetch(
             batch = unroll_queue.dequeue_batch(batch_size)
         except distributed.QueueClosedError:
             return
-        if not train._put(batches, batch, stop):
+        if not batches.put(batch, stop):
             return
 
 
@@ -123,7 +123,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
 
     # One environment, only for the observation spec and the action set.
     env = environments.create_environment(
-        level_names[0], cfg.environment, seed=cfg.seed, is_test=False
+        level_names[0], cfg.environment, seed=cfg.env_seed(0), is_test=False
     )
     try:
         obs_spec = env.observation_spec
@@ -163,7 +163,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
     )
     unroll_queue = distributed.UnrollQueue(spec, cluster.queue_capacity)
     publishing = _PublishingLearner(the_learner, store, cluster.publish_interval)
-    batches: queue.Queue = queue.Queue(maxsize=1)
+    batches = train.StagedBatch()
     workers = train._Workers(stop)
     writer = summaries.TrainingSummaries(cfg.logdir, suite, level_names)
     logging.info(
@@ -226,7 +226,7 @@ def run_actor(
     distributed.connect_actor(cluster, cfg.task)
     tf.random.set_seed(cfg.seed + cfg.task)
     env = environments.create_environment(
-        level, cfg.environment, seed=cfg.seed + cfg.task, is_test=False
+        level, cfg.environment, seed=cfg.env_seed(cfg.task), is_test=False
     )
     unrolls = 0
     try:

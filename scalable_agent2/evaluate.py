@@ -1,11 +1,13 @@
 """Test mode: restore the latest checkpoint and run `test_num_episodes` episodes per level.
 
 Environments are created with the test-mode settings (`is_test=True`: DMLab-30 test levels,
-`mixerSeed`, hold-out levels; Atari no-op starts without life-loss ends). Each level's episodes
-are shared by up to `num_actors` environments, each running a fixed share (so short episodes
-are not favoured); all environments run in threads and share the agent through dynamic
-batching. Each environment carries its LSTM state across steps and episodes, exactly as a
-training actor does (the core resets itself on `done`).
+`mixerSeed`, hold-out levels; Atari no-op starts without life-loss ends). By default the protocol
+is the original's: one environment per level, seeded `1 + env_seed_offset`, levels played in
+order, exactly `test_num_episodes` episodes each. With `test_parallel`, each level's episodes
+are shared by up to `num_actors` environments (seeds `1 + env_seed_offset + j`), each running a
+fixed share (so short episodes are not favoured), in threads that share the agent through
+dynamic batching. Each environment carries its LSTM state across steps and episodes, exactly as
+a training actor does (the core resets itself on `done`).
 """
 
 import json
@@ -98,11 +100,17 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
     if tf.train.latest_checkpoint(cfg.logdir) is None:
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir}')
 
-    # Jobs: (level, episodes, env seed); `num_actors` threads run them, one env at a time each.
+    # Jobs: (level, episodes, env seed), run in order by one thread, or (test_parallel) by
+    # `num_actors` threads, one env at a time each.
     jobs = []
-    for level in level_names:
-        for share in _split(cfg.test_num_episodes, max(1, cfg.num_actors // len(level_names))):
-            jobs.append((level, share, cfg.seed + len(jobs)))
+    if cfg.test_parallel:
+        for level in level_names:
+            for share in _split(cfg.test_num_episodes, max(1, cfg.num_actors // len(level_names))):
+                jobs.append((level, share, cfg.env_seed(len(jobs))))
+        num_threads = min(cfg.num_actors, len(jobs))
+    else:
+        jobs = [(level, cfg.test_num_episodes, cfg.env_seed(0)) for level in level_names]
+        num_threads = 1
     stop = threading.Event()
     policy = None
     first_env = environments.create_environment(
@@ -165,8 +173,7 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
                     stop.set()
 
         threads = [
-            threading.Thread(target=work, daemon=True, name=f'test_{i}')
-            for i in range(min(cfg.num_actors, len(jobs)))
+            threading.Thread(target=work, daemon=True, name=f'test_{i}') for i in range(num_threads)
         ]
         for t in threads:
             t.start()
@@ -204,12 +211,17 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
             env.close()
 
     level_returns: dict[str, list[float]] = {level: [] for level in level_names}
-    for (level, _, _), returns in zip(jobs, results, strict=True):
+    level_seeds: dict[str, list[int]] = {level: [] for level in level_names}
+    for (level, _, seed), returns in zip(jobs, results, strict=True):
         level_returns[level].extend(returns)
+        level_seeds[level].append(seed)
     out: dict[str, Any] = {
         'checkpoint': path,
         'num_environment_frames': frames,
         'test_num_episodes': cfg.test_num_episodes,
+        'protocol': 'parallel' if cfg.test_parallel else 'sequential',
+        'seed': cfg.seed,
+        'env_seeds': level_seeds,
         'levels': {
             level: {'returns': returns, 'mean_return': float(np.mean(returns))}
             for level, returns in level_returns.items()

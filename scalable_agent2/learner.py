@@ -103,7 +103,8 @@ class Learner:
         Returns:
           Metrics (float32 scalars unless noted): total_loss, policy_gradient_loss,
           baseline_loss, entropy_loss (weighted parts of the total), learning_rate (the rate
-          used), mean_rho (mean clipped-free importance ratio), grad_norm (global norm),
+          used), mean_rho (mean clipped-free importance ratio), grad_norm (global norm before any
+          clipping),
           num_environment_frames (int64, after the update).
         """
         self.build(batch)
@@ -161,6 +162,9 @@ class Learner:
                 entropy_cost=config.entropy_cost,
             )
         grads = tape.gradient(loss.total, variables)
+        grad_norm = tf.linalg.global_norm(grads)
+        if config.max_grad_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, config.max_grad_norm, use_norm=grad_norm)
         learning_rate = self.learning_rate()
         self._optimizer.apply(grads, variables)
         frames = (
@@ -176,6 +180,6 @@ class Learner:
             'entropy_loss': loss.entropy,
             'learning_rate': learning_rate,
             'mean_rho': tf.reduce_mean(tf.exp(vtrace_returns.log_rhos)),
-            'grad_norm': tf.linalg.global_norm(grads),
+            'grad_norm': grad_norm,
             'num_environment_frames': self.num_environment_frames.read_value(),
         }

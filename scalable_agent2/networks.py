@@ -96,7 +96,14 @@ class InstructionEncoder(snt.Module):
 
     def __init__(self, name: str = 'instruction_encoder'):
         super().__init__(name=name)
-        self._embed = snt.Embed(NUM_HASH_BUCKETS, INSTRUCTION_EMBEDDING_SIZE, name='embed')
+        # Sonnet 1's default (the original's): truncated normal, stddev 1. Sonnet 2's default
+        # scales it by 1/sqrt(20).
+        self._embed = snt.Embed(
+            NUM_HASH_BUCKETS,
+            INSTRUCTION_EMBEDDING_SIZE,
+            initializer=snt.initializers.TruncatedNormal(stddev=1.0),
+            name='embed',
+        )
         self._lstm = _LazyLSTM(INSTRUCTION_LSTM_SIZE, name='language_lstm')
 
     def __call__(self, tokens: InstructionTokens) -> tf.Tensor:
@@ -288,7 +295,10 @@ class ImpalaAgent(snt.RNNCore):
         torso_out = self._torso_and_extras(actions, env_outputs)  # [T*B, D]
         torso_out = _split_leading(torso_out, time, batch)
         done = tf.convert_to_tensor(env_outputs.done, tf.bool)
-        core_out, core_state = self._run_core(torso_out, done, core_state)
+        if self._config.use_lstm:
+            core_out, core_state = self._run_core(torso_out, done, core_state)
+        else:  # Feed-forward: the heads read the torso output; the state passes through.
+            core_out = torso_out
         flat = _merge_leading(core_out)
         logits = self._policy_logits(flat)
         baseline = tf.squeeze(self._baseline(flat), axis=-1)

@@ -15,6 +15,7 @@ from absl import logging
 from tensorflow.core.framework import summary_pb2
 
 from scalable_agent2.scoring import atari57, dmlab30
+from scalable_agent2.types import game_over_or_done
 
 _DMLAB30_PREFIX = 'contributed/dmlab30/'
 # What TensorBoard's scalar plugin writes (version-0 plugin data serialises to b''); using
@@ -22,11 +23,25 @@ _DMLAB30_PREFIX = 'contributed/dmlab30/'
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars', content=b'')
 )
+_HISTOGRAM_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='histograms', content=b'')
+)
 
 
 def write_scalar(name: str, value: float) -> None:
     """Writes a float32 scalar summary to the default writer (at its default step)."""
     tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+def write_int_histogram(name: str, values: Any) -> None:
+    """Writes a histogram of integers (one unit-wide bucket per value from 0 to the max).
+
+    In TensorBoard's histogram format (`[k, 3]` rows of left edge, right edge, count).
+    """
+    counts = np.bincount(np.asarray(values, np.int64).ravel())
+    edges = np.arange(len(counts), dtype=np.float64) - 0.5
+    buckets = np.stack([edges, edges + 1.0, counts.astype(np.float64)], axis=1)
+    tf.summary.write(name, tf.constant(buckets, tf.float64), metadata=_HISTOGRAM_METADATA)
 
 
 class Episode(NamedTuple):
@@ -48,7 +63,10 @@ def episodes_from_batch(batch: Any, num_action_repeats: int) -> list[Episode]:
       Episodes in time-major order; entry 0 of each unroll is skipped (it was reported with
       the previous unroll).
     """
+    info = batch.env_outputs.info
+    # Full games only: a lost life that ended a training episode is not reported.
     done = np.asarray(batch.env_outputs.done)[1:]
+    done = done & np.asarray(game_over_or_done(info, batch.env_outputs.done), bool)[1:]
     returns = np.asarray(batch.env_outputs.info.episode_return)[1:]
     steps = np.asarray(batch.env_outputs.info.episode_step)[1:]
     levels = np.asarray(batch.level_name)
@@ -101,7 +119,8 @@ def suite_scores(suite: str, level_returns: Mapping[str, Sequence[float]]) -> di
 class TrainingSummaries:
     """Writes episode and learner scalars to TensorBoard, and suite scores when complete.
 
-    Scalars: `<level>/episode_return`, `<level>/episode_frames` per episode; each learner
+    Scalars: `<level>/episode_return`, `<level>/episode_frames` per episode (each also logged
+    as a line, as the original); the `action` histogram with the learner metrics; each learner
     metric under its name; `learning_rate`, `frames_per_second`; for DMLab-30
     `dmlab30/training_no_cap` and `dmlab30/training_cap_100`, for Atari-57
     `atari57/training_mean` and `atari57/training_median`, written once every level has at least
@@ -124,6 +143,7 @@ class TrainingSummaries:
     def add_episodes(self, episodes: Sequence[Episode], step: int) -> None:
         with self._writer.as_default(step=step):
             for e in episodes:
+                logging.info('Level: %s Episode return: %f', e.level_name, e.episode_return)
                 write_scalar(f'{e.level_name}/episode_return', e.episode_return)
                 write_scalar(f'{e.level_name}/episode_frames', e.episode_frames)
                 self._recent[e.level_name].append(e.episode_return)
@@ -134,6 +154,11 @@ class TrainingSummaries:
                     write_scalar(f'{self._suite}/training_{name}', value)
                 logging.info('%s training scores: %s', self._suite, scores)
                 self._pending.clear()
+
+    def add_actions(self, actions: Any, step: int) -> None:
+        """Writes the `action` histogram of a batch's actions (int `[T+1, B]`), as the original."""
+        with self._writer.as_default(step=step):
+            write_int_histogram('action', np.asarray(actions)[1:])
 
     def add_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
         """Writes scalar metrics (tensors or numbers); non-scalars are skipped."""

@@ -1,13 +1,14 @@
 """Single-machine training: actor threads, a small unroll queue, one learner.
 
 ```
-actor threads (one env subprocess each) --unrolls--> FIFO queue (capacity batch_size)
-  --> prefetch thread (stacks batch_size unrolls time-major; holds 1 batch ready)
+actor threads (one env subprocess each) --unrolls--> FIFO queue (capacity 1)
+  --> prefetch thread (stacks batch_size unrolls time-major into a `StagedBatch`)
   --> learner step (main thread) --> summaries, progress log, checkpoints
 ```
 Actors run the agent through dynamic batching, reading the learner's variables directly (so
-weights may change within an unroll, as in the original's single-machine mode). The small
-queue and the one prefetched batch bound the policy lag.
+weights may change within an unroll, as in the original's single-machine mode). As in the
+original, the queue holds one unroll and one batch is staged while the learner trains, which
+bounds the policy lag.
 """
 
 import dataclasses
@@ -71,6 +72,7 @@ def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConf
     return config.AgentConfig(
         num_actions=int(env.num_actions),
         torso=cfg.network,
+        use_lstm=cfg.use_lstm,
         use_instruction=bool(env.observation_spec.has_instruction),
     ).validate()
 
@@ -88,7 +90,7 @@ def dummy_env_output(observation_spec: Any) -> StepOutput:
     frame = np.zeros((1, *observation_spec.frame_shape), dtype=observation_spec.frame_dtype)
     return StepOutput(
         reward=np.zeros([1], np.float32),
-        info=StepOutputInfo(np.zeros([1], np.float32), np.zeros([1], np.int32)),
+        info=StepOutputInfo(np.zeros([1], np.float32), np.zeros([1], np.int32), np.ones([1], bool)),
         done=np.ones([1], np.bool_),
         observation=(frame, np.array([''], dtype=object)),
     )
@@ -193,6 +195,35 @@ class _Workers:
                 logging.warning('Thread %s did not stop in time.', thread.name)
 
 
+class StagedBatch:
+    """The original's StagingArea: one batch is gathered while the learner trains on the last.
+
+    `put` returns once the learner has taken the batch, so the producer gathers the next one
+    only from then on: at most one batch waits beside the one being trained on.
+    """
+
+    def __init__(self):
+        self._slot: queue.Queue = queue.Queue(maxsize=1)
+        self._taken = threading.Event()
+
+    def put(self, batch: Any, stop: threading.Event) -> bool:
+        """Stages `batch` and waits until it is taken; False if `stop` is set first."""
+        if not _put(self._slot, batch, stop):
+            return False
+        while not stop.is_set():
+            if self._taken.wait(_POLL_SECS):
+                self._taken.clear()
+                return True
+        return False
+
+    def get(self, stop: threading.Event) -> Any:
+        """The staged batch, or None once `stop` is set."""
+        batch = _get(self._slot, stop)
+        if batch is not None:
+            self._taken.set()
+        return batch
+
+
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     """Puts `item` unless `stop` is set first; returns whether it was put."""
     while not stop.is_set():
@@ -221,7 +252,7 @@ def _actor_loop(a: actor.Actor, unrolls: queue.Queue, stop: threading.Event) -> 
 
 
 def _prefetch_loop(
-    unrolls: queue.Queue, batches: queue.Queue, batch_size: int, stop: threading.Event
+    unrolls: queue.Queue, batches: StagedBatch, batch_size: int, stop: threading.Event
 ) -> None:
     while not stop.is_set():
         items = []
@@ -230,7 +261,7 @@ def _prefetch_loop(
             if item is None:
                 return
             items.append(item)
-        if not _put(batches, actor.stack_unrolls(items), stop):
+        if not batches.put(actor.stack_unrolls(items), stop):
             return
 
 
@@ -286,7 +317,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         for i, level in enumerate(actor_levels):
             envs.append(
                 environments.create_environment(
-                    level, cfg.environment, seed=cfg.seed + i, is_test=False
+                    level, cfg.environment, seed=cfg.env_seed(i), is_test=False
                 )
             )
         obs_spec = envs[0].observation_spec
@@ -321,8 +352,8 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
 
         writer = summaries.TrainingSummaries(cfg.logdir, suite, actor_levels)
         policy = make_batched_policy(agent, cfg.inference_timeout_ms)
-        unroll_queue: queue.Queue = queue.Queue(maxsize=cfg.learner.batch_size)
-        batch_queue: queue.Queue = queue.Queue(maxsize=1)
+        unroll_queue: queue.Queue = queue.Queue(maxsize=1)
+        batch_queue = StagedBatch()
         initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
 
         actors = [
@@ -378,7 +409,7 @@ def finish_training(
 def _learner_loop(
     cfg: config.ExperimentConfig,
     the_learner: Any,
-    batch_queue: queue.Queue,
+    batch_queue: StagedBatch,
     unroll_queue: queue.Queue,
     writer: summaries.TrainingSummaries,
     ckpt: checkpoints.Checkpointer,
@@ -392,7 +423,7 @@ def _learner_loop(
     last_log = last_summary = last_checkpoint = time.monotonic()
     steps = 0
     while frames < total and not stop.is_set():
-        batch = _get(batch_queue, stop)
+        batch = batch_queue.get(stop)
         if batch is None:
             break
         metrics = the_learner.step(batch)
@@ -403,10 +434,10 @@ def _learner_loop(
         )
         now = time.monotonic()
         if now - last_summary >= cfg.save_summaries_secs or steps == 1:
-            scalars = dict(metrics)
-            scalars['learning_rate'] = the_learner.learning_rate()
+            scalars = dict(metrics)  # learning_rate: the rate this step used.
             scalars['frames_per_second'] = summary_rate.update(frames)
             writer.add_scalars(scalars, step=frames)
+            writer.add_actions(batch.agent_outputs.action, step=frames)
             last_summary = now
         if now - last_log >= cfg.log_interval_secs:
             returns = writer.recent_mean_returns()

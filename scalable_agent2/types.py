@@ -9,13 +9,28 @@ from typing import Any, NamedTuple
 class StepOutputInfo(NamedTuple):
     """Running statistics of the current episode (or of the one that just ended).
 
+    Where a lost life ends the agent's (training) episode but not the game (Atari), both
+    counters run over the whole game, and `game_over` says whether this step ended it: training
+    summaries report full-game returns, as the paper's curves do.
+
     Attributes:
-      episode_return: float32, sum of unclipped rewards so far in the episode.
-      episode_step: int32, agent steps so far in the episode (frames = steps x action repeats).
+      episode_return: float32, sum of unclipped rewards so far in the game.
+      episode_step: int32, agent steps so far in the game (frames = steps x action repeats).
+      game_over: bool, whether this step ended the game; on a `done` step it differs from
+        `done` only at a life loss. Defaults to `()`, an empty nest that every `tf.nest`
+        operation skips, meaning "as `done`" (see `game_over_or_done`).
     """
 
     episode_return: Any
     episode_step: Any
+    game_over: Any = ()
+
+
+def game_over_or_done(info: StepOutputInfo, done: Any) -> Any:
+    """`info.game_over`, or `done` where the environment did not say (`()`)."""
+    if isinstance(info.game_over, tuple) and not info.game_over:
+        return done
+    return info.game_over
 
 
 class StepOutput(NamedTuple):

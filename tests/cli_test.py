@@ -182,3 +182,75 @@ def test_helpfull_lists_the_new_flags():
     assert 'Traceback' not in proc.stderr
     for name in ('--network', '--save_checkpoint_secs', '--atari_noop_max', '--level_name'):
         assert name in proc.stdout
+
+
+def _preset(name):
+    return os.path.join(ROOT, 'experiments', 'configs', f'{name}.flags')
+
+
+def test_atari_flag_file_sets_the_paper_atari_values(monkeypatch):
+    monkeypatch.chdir(ROOT)  # Flag files name each other relative to the repository root.
+    cfg = cli.experiment_config(parsed(f'--flagfile={_preset("atari")}', '--level_name=atari/Pong'))
+    assert (cfg.network, cfg.use_lstm, cfg.num_actors) == ('shallow', False, 48)
+    assert not cfg.environment.atari_full_action_space
+    assert cfg.environment.atari_terminal_on_life_loss
+    assert cfg.environment.num_action_repeats == 4
+    assert cfg.learner == config.LearnerConfig(
+        batch_size=32,
+        unroll_length=20,
+        num_action_repeats=4,
+        total_environment_frames=200_000_000,
+        entropy_cost=0.01,
+        baseline_cost=0.5,
+        discounting=0.99,
+        reward_clipping='abs_one',
+        learning_rate=0.0006,
+        decay=0.99,
+        momentum=0.0,
+        epsilon=0.01,
+        max_grad_norm=40.0,
+    )
+    # Later flags override the file; atari57 gets the full action set by itself.
+    cfg = cli.experiment_config(
+        parsed(f'--flagfile={_preset("atari")}', '--level_name=atari57', '--batch_size=8')
+    )
+    assert cfg.environment.atari_full_action_space and cfg.learner.batch_size == 8
+
+
+def test_pong_and_dmlab30_flag_files(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    pong = cli.experiment_config(parsed(f'--flagfile={_preset("pong")}'))
+    assert pong.level_name == 'atari/Pong' and pong.learner.total_environment_frames == 10**7
+    assert pong.learner.max_grad_norm == 40.0 and not pong.use_lstm
+    dmlab = cli.experiment_config(parsed(f'--flagfile={_preset("dmlab30")}'))
+    assert (dmlab.level_name, dmlab.network, dmlab.use_lstm, dmlab.num_actors) == (
+        'dmlab30',
+        'deep',
+        True,
+        150,
+    )
+    assert dmlab.learner.batch_size == 32 and dmlab.learner.unroll_length == 100
+    assert dmlab.learner.entropy_cost == 0.0033391318945337044
+    assert dmlab.learner.learning_rate == 0.00031866995608948655
+    assert dmlab.learner.total_environment_frames == 10**10
+    assert dmlab.learner.reward_clipping == 'soft_asymmetric'
+    assert dmlab.learner.epsilon == 0.1 and dmlab.learner.max_grad_norm is None
+
+
+def test_gym_levels_default_to_one_action_repeat():
+    assert (
+        cli.experiment_config(parsed('--level_name=gym/CartPole-v1')).learner.num_action_repeats
+        == 1
+    )
+    cfg = cli.experiment_config(parsed('--level_name=gym/CartPole-v1', '--num_action_repeats=4'))
+    assert cfg.learner.num_action_repeats == cfg.environment.num_action_repeats == 4
+    assert cli.experiment_config(parsed('--level_name=atari/Pong')).learner.num_action_repeats == 4
+
+
+def test_new_agent_and_learner_flags():
+    cfg = cli.experiment_config(parsed('--nouse_lstm', '--max_grad_norm=40', '--env_seed_offset=3'))
+    assert not cfg.use_lstm and cfg.learner.max_grad_norm == 40.0
+    assert cfg.env_seed(0) == 4 and cfg.env_seed(5) == 9
+    assert cli.experiment_config(parsed()).learner.max_grad_norm is None
+    with pytest.raises(ValueError, match='max_grad_norm'):
+        cli.experiment_config(parsed('--max_grad_norm=-1'))

@@ -64,7 +64,9 @@ def synthetic_unroll(marker: int, level: str) -> ActorOutput:
         env_outputs=StepOutput(
             reward=(marker + steps).astype(np.float32),
             info=StepOutputInfo(
-                np.full([t1], 0.5 * marker, np.float32), (steps + 1).astype(np.int32)
+                np.full([t1], 0.5 * marker, np.float32),
+                (steps + 1).astype(np.int32),
+                steps == UNROLL_LENGTH,
             ),
             done=steps == UNROLL_LENGTH,
             observation=(

@@ -57,6 +57,7 @@ class _ReferenceAle:
 
 
 def _config(**kwargs) -> config_lib.EnvironmentConfig:
+    kwargs.setdefault('atari_full_action_space', True)
     return config_lib.EnvironmentConfig(atari_noop_max=0, **kwargs).validate()
 
 
@@ -68,7 +69,7 @@ def test_pong_flow_matches_raw_ale():
     assert env.observation_spec == base.ObservationSpec((84, 84, 4), 'uint8', False)
 
     first = env.initial()
-    assert first.done and first.reward == 0 and first.info == (0, 0)
+    assert first.done and first.reward == 0 and first.info == (0, 0, True)
     frame = first.observation[0]
     assert frame.dtype == np.uint8 and frame.shape == (84, 84, 4)
     assert np.abs(frame[..., -1] - ref.first_frame()).max() <= 1
@@ -133,10 +134,13 @@ def test_life_loss_ends_training_episodes_but_the_game_goes_on():
     for t in expected[:-1]:
         # After a life loss the frame history continues (no reset) ...
         assert outs[t].observation[0][..., 0].any()
-        # ... and the episode counters restart.
-        assert outs[t + 1].info.episode_step == 1
-    total = sum(o.info.episode_return for t, o in enumerate(outs) if dones[t])
-    assert total == pytest.approx(sum(float(o.reward) for o in outs))
+        # ... the counters run on over the whole game, and the game is not over.
+        assert not outs[t].info.game_over
+        assert outs[t + 1].info.episode_step == outs[t].info.episode_step + 1
+    # The game's end reports the full-game return and length (what summaries show).
+    assert outs[-1].info.game_over
+    assert outs[-1].info.episode_return == pytest.approx(sum(float(o.reward) for o in outs))
+    assert outs[-1].info.episode_step == len(outs)
 
 
 def test_life_loss_does_not_end_test_episodes():
@@ -147,7 +151,7 @@ def test_life_loss_does_not_end_test_episodes():
 
 
 def test_same_seed_same_game_other_seed_other_noop_start():
-    cfg = config_lib.EnvironmentConfig()  # Up to 30 no-ops.
+    cfg = config_lib.EnvironmentConfig(atari_full_action_space=True)  # Up to 30 no-ops.
 
     def frames(seed):
         env = atari.AtariEnvironment('pong', cfg, seed, False)
@@ -230,7 +234,7 @@ def test_unknown_game_lists_the_57():
 
 
 def test_subprocess_pong_matches_in_process():
-    cfg = config_lib.EnvironmentConfig()
+    cfg = config_lib.EnvironmentConfig(atari_full_action_space=True)
     local = base.FlowEnvironment(atari.AtariEnvironment('Pong', cfg, 11, False))
     actions = [int(a) for a in np.random.default_rng(2).integers(0, 18, size=100)]
     with environments.create_environment('atari/Pong', cfg, 11, False) as remote:
@@ -247,7 +251,7 @@ def test_subprocess_pong_matches_in_process():
 @pytest.mark.slow
 @pytest.mark.parametrize('level', environments.expand_level_names('atari57', is_test=False))
 def test_every_atari57_game_creates_and_steps(level):
-    cfg = config_lib.EnvironmentConfig()
+    cfg = config_lib.EnvironmentConfig(atari_full_action_space=True)
     with environments.create_environment(level, cfg, 0, is_test=False) as env:
         assert env.num_actions == 18
         first = env.initial()

@@ -86,7 +86,7 @@ def test_every_dmlab30_name_is_prefixed(fake_lab):
 def test_train_config(fake_lab):
     env = _make()
     lab = fake_lab.CREATED[-1]
-    assert lab.config == {'width': '96', 'height': '72', 'logLevel': 'WARN'}
+    assert lab.config == {'width': '96', 'height': '72', 'logLevel': 'WARN', 'datasetPath': ''}
     assert lab.observation_names == ['RGB_INTERLEAVED', 'INSTR']
     assert lab.renderer == 'software'
     assert lab.level_cache is None
@@ -115,6 +115,7 @@ def test_test_mode_config(fake_lab):
         'width': '96',
         'height': '72',
         'logLevel': 'WARN',
+        'datasetPath': '',
         'allowHoldOutLevels': 'true',
         'mixerSeed': '1611489005',  # int('600D5EED', 16), as the original's str(0x600D5EED).
     }

@@ -212,3 +212,92 @@ def test_record_video_writes_a_playable_mp4_of_raw_frames(tmp_path):
     assert frames.shape[1:] == (210, 160, 3)
     assert len(frames) == video['num_frames']
     assert 200 <= video['num_frames'] <= 241
+
+
+class _ProtocolEnv:
+    """CartPole-shaped fake (4 floats, 2 actions): every episode lasts 3 steps and pays 1."""
+
+    observation_spec = environments.base.ObservationSpec((4,), 'float32', False)
+    num_actions = 2
+
+    def __init__(self, log, level, seed, is_test):
+        self.level, self.seed, self.is_test = level, seed, is_test
+        self.episodes = 0
+        self._step = 0
+        self._log = log
+        log.append(('create', level, seed))
+
+    def _out(self, done, ret, steps):
+        info = StepOutputInfo(np.float32(ret), np.int32(steps))
+        return StepOutput(np.float32(1.0), info, done, (np.zeros(4, np.float32), ''))
+
+    def initial(self):
+        return self._out(True, 0.0, 0)
+
+    def step(self, action):
+        self._step += 1
+        if self._step == 3:
+            self._step = 0
+            self.episodes += 1
+            self._log.append(('episode', self.level, self.seed))
+            return self._out(True, 3.0, 3)
+        return self._out(False, float(self._step), self._step)
+
+    def close(self):
+        self._log.append(('close', self.level, self.seed))
+
+
+@pytest.fixture
+def protocol_envs(tmp_path, monkeypatch):
+    """A CartPole checkpoint, three fake levels, and the log of what test mode did with them."""
+    cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
+    log, envs = [], []
+
+    def create(level, env_config, seed, is_test):
+        envs.append(_ProtocolEnv(log, level, seed, is_test))
+        return envs[-1]
+
+    monkeypatch.setattr(environments, 'expand_level_names', lambda name, is_test: ['a', 'b', 'c'])
+    monkeypatch.setattr(environments, 'create_environment', create)
+    return dataclasses.replace(cfg, mode='test'), log, envs
+
+
+def test_default_protocol_is_the_originals(protocol_envs):
+    """One environment per level, seed 1, levels in order, exactly test_num_episodes each."""
+    cfg, log, envs = protocol_envs
+    results = evaluate.evaluate(dataclasses.replace(cfg, test_num_episodes=4, num_actors=8))
+    assert [(e.level, e.seed, e.is_test, e.episodes) for e in envs] == [
+        ('a', 1, True, 4),
+        ('b', 1, True, 4),
+        ('c', 1, True, 4),
+    ]
+    # Sequential: each level's environment is closed before the next one plays.
+    played = [(kind, level) for kind, level, _ in log if kind != 'create']
+    assert played == [(k, lvl) for lvl in 'abc' for k in ['episode'] * 4 + ['close']]
+    assert results['protocol'] == 'sequential'
+    assert results['env_seeds'] == {'a': [1], 'b': [1], 'c': [1]}
+    assert all(len(results['levels'][lvl]['returns']) == 4 for lvl in 'abc')
+
+
+def test_env_seed_offset_shifts_test_seeds(protocol_envs):
+    cfg, _, envs = protocol_envs
+    evaluate.evaluate(dataclasses.replace(cfg, test_num_episodes=1, env_seed_offset=10))
+    assert [e.seed for e in envs] == [11, 11, 11]
+
+
+def test_parallel_protocol_shares_episodes_over_environments(protocol_envs):
+    cfg, _, envs = protocol_envs
+    results = evaluate.evaluate(
+        dataclasses.replace(cfg, test_num_episodes=5, num_actors=6, test_parallel=True)
+    )
+    assert sorted((e.level, e.seed, e.episodes) for e in envs) == [
+        ('a', 1, 3),
+        ('a', 2, 2),
+        ('b', 3, 3),
+        ('b', 4, 2),
+        ('c', 5, 3),
+        ('c', 6, 2),
+    ]
+    assert results['protocol'] == 'parallel'
+    assert results['env_seeds'] == {'a': [1, 2], 'b': [3, 4], 'c': [5, 6]}
+    assert all(len(results['levels'][lvl]['returns']) == 5 for lvl in 'abc')

@@ -1,5 +1,8 @@
 """Tests for scalable_agent2.learner: numpy V-trace reference, training, counter, checkpoints."""
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -216,3 +219,168 @@ def test_xla_defaults_to_on_only_with_a_gpu():
     assert learner.Learner(agent, config.LearnerConfig())._use_xla == has_gpu
     assert learner.Learner(agent, config.LearnerConfig(use_xla=True))._use_xla
     assert not learner.Learner(agent, config.LearnerConfig(use_xla=False))._use_xla
+
+
+# --------------------------------------------------------------------------------------------
+# Learning signal from pixels: a frame-dependent contextual bandit.
+
+_BANDIT_T, _BANDIT_B, _BANDIT_A = 5, 16, 4
+_ATARI_FLAGS = os.path.join(
+    os.path.dirname(__file__), '..', 'experiments', 'configs', 'atari.flags'
+)
+
+
+def _atari_flag_values() -> dict[str, str]:
+    """`--name=value` lines of experiments/configs/atari.flags (booleans as 'true'/'false')."""
+    values = {}
+    with open(_ATARI_FLAGS) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith('--'):
+                continue
+            name, _, value = line[2:].partition('=')
+            if not value:
+                name, value = (name[2:], 'false') if name.startswith('no') else (name, 'true')
+            values[name] = value
+    return values
+
+
+def _bandit_frames(side: np.ndarray) -> np.ndarray:
+    """uint8 `[..., 24, 24, 1]`: a bright square on the left (side 0) or the right (side 1)."""
+    frames = np.zeros(side.shape + (24, 24, 1), np.uint8)
+    frames[..., 9:15, 2:8, :] = np.where(side == 0, 255, 0)[..., None, None, None]
+    frames[..., 9:15, 16:22, :] = np.where(side == 1, 255, 0)[..., None, None, None]
+    return frames
+
+
+def _bandit_batch(agent, rng) -> ActorOutput:
+    """Unrolls where action 1 pays 1 on a left frame and action 2 on a right one, else 0.
+
+    Each step's frame is drawn afresh, so only the frame tells which action pays; the
+    behaviour policy is the agent's current one, laid out as actors do (`agent_outputs[t+1]`
+    was computed from `env_outputs[t]`, and `reward[t+1]` is what its action earned).
+    """
+    t1, b = _BANDIT_T + 1, _BANDIT_B
+    side = rng.integers(0, 2, size=(t1, b))
+    frames = _bandit_frames(side)
+    no_info = StepOutputInfo(np.zeros((t1, b), np.float32), np.zeros((t1, b), np.int32))
+    observe = StepOutput(
+        reward=np.zeros((t1, b), np.float32),
+        info=no_info,
+        done=np.zeros((t1, b), bool),
+        observation=(frames, np.full((t1, b), '', dtype=object)),
+    )
+    out, _ = agent.unroll(np.zeros((t1, b), np.int32), observe, agent.initial_state(b))
+    logits = np.zeros((t1, b, _BANDIT_A), np.float32)
+    logits[1:] = out.policy_logits.numpy()[:-1]
+    actions = np.zeros((t1, b), np.int32)
+    actions[1:] = (
+        tf.random.categorical(logits[1:].reshape(-1, _BANDIT_A), 1).numpy().reshape(t1 - 1, b)
+    )
+    rewards = np.zeros((t1, b), np.float32)
+    rewards[1:] = actions[1:] == 1 + side[:-1]
+    return ActorOutput(
+        level_name=np.array(['bandit'] * b, dtype=object),
+        agent_state=agent.initial_state(b),
+        env_outputs=observe._replace(reward=rewards),
+        agent_outputs=AgentOutput(actions, logits, np.zeros((t1, b), np.float32)),
+    )
+
+
+def _p_correct(agent) -> float:
+    side = np.array([[0, 1] * 8])
+    observe = StepOutput(
+        reward=np.zeros((1, 16), np.float32),
+        info=(),
+        done=np.zeros((1, 16), bool),
+        observation=(_bandit_frames(side), np.full((1, 16), '', dtype=object)),
+    )
+    out, _ = agent.unroll(np.zeros((1, 16), np.int32), observe, agent.initial_state(16))
+    probs = tf.nn.softmax(out.policy_logits[0]).numpy()
+    return float(np.mean(probs[np.arange(16), 1 + side[0]]))
+
+
+def test_the_paper_atari_setting_learns_a_frame_dependent_bandit():
+    """With atari.flags' agent and learner values, the policy comes to depend on the frame.
+
+    Dense rewards make the summed value loss's gradients large (norms in the thousands): without
+    the paper's gradient-norm clipping the first TF1-RMSProp steps move every weight by ~10x
+    the learning rate and the policy collapses onto one action whatever the frame (see
+    docs/RESULTS.md).
+    """
+    flags = _atari_flag_values()
+    tf.random.set_seed(0)
+    rng = np.random.default_rng(0)
+    agent = networks.ImpalaAgent(
+        config.AgentConfig(
+            num_actions=_BANDIT_A, torso=flags['network'], use_lstm=flags['use_lstm'] == 'true'
+        )
+    )
+    the_learner = learner.Learner(
+        agent,
+        config.LearnerConfig(
+            batch_size=_BANDIT_B,
+            unroll_length=_BANDIT_T,
+            total_environment_frames=10**9,
+            entropy_cost=float(flags['entropy_cost']),
+            baseline_cost=float(flags['baseline_cost']),
+            discounting=float(flags['discounting']),
+            learning_rate=float(flags['learning_rate']),
+            decay=float(flags['decay']),
+            momentum=float(flags['momentum']),
+            epsilon=float(flags['epsilon']),
+            max_grad_norm=float(flags['max_grad_norm']),
+            use_xla=False,
+        ),
+    )
+    assert _p_correct(agent) < 0.4  # Near uniform (0.25) at the start.
+    for _ in range(250):
+        the_learner.step(_bandit_batch(agent, rng))
+    assert _p_correct(agent) > 0.9
+
+
+def _first_step_gradients(before, after, cfg):
+    """Inverts the first TF1-RMSProp step (ms starts at 1, momentum 0) to the gradients it used.
+
+    delta = lr g / sqrt(1 + (g^2 - 1)(1 - decay) + eps)  =>  g = delta sqrt((decay + eps) /
+    (lr^2 - delta^2 (1 - decay))).
+    """
+    lr, d, eps = cfg.learning_rate, cfg.decay, cfg.epsilon
+    grads = []
+    for b, a in zip(before, after, strict=True):
+        delta = (b - a).astype(np.float64)
+        grads.append(delta * np.sqrt((d + eps) / (lr**2 - delta**2 * (1 - d))))
+    return grads
+
+
+def test_max_grad_norm_clips_the_global_norm_as_tf():
+    """The clipped step used exactly tf.clip_by_global_norm of the unclipped step's gradients."""
+    batch = _learnable_batch('shallow', seed=3)
+    # A large epsilon keeps the inversion of the update well conditioned; the large learning
+    # rate keeps the (~g / 100) updates far above float32 resolution of the weights.
+    cfg = config.LearnerConfig(
+        batch_size=B, unroll_length=T, use_xla=False, epsilon=1e4, learning_rate=1.0
+    )
+    agents = [networks.ImpalaAgent(config.AgentConfig(num_actions=A, torso='shallow'))]
+    agents.append(networks.ImpalaAgent(config.AgentConfig(num_actions=A, torso='shallow')))
+    first = tf.nest.map_structure(lambda t: t[:1], (batch.agent_outputs, batch.env_outputs))
+    for agent in agents:
+        agent.unroll(first[0].action, first[1], batch.agent_state)
+    for src, dst in zip(agents[0].trainable_variables, agents[1].trainable_variables, strict=True):
+        dst.assign(src)
+    before = [v.numpy() for v in agents[0].trainable_variables]
+
+    plain_metrics = learner.Learner(agents[0], cfg).step(batch)
+    clip = 0.25 * float(plain_metrics['grad_norm'])
+    clipped_metrics = learner.Learner(agents[1], dataclasses.replace(cfg, max_grad_norm=clip)).step(
+        batch
+    )
+    np.testing.assert_allclose(clipped_metrics['grad_norm'], plain_metrics['grad_norm'], rtol=1e-5)
+
+    plain = _first_step_gradients(before, [v.numpy() for v in agents[0].trainable_variables], cfg)
+    clipped = _first_step_gradients(before, [v.numpy() for v in agents[1].trainable_variables], cfg)
+    want, _ = tf.clip_by_global_norm([tf.constant(g) for g in plain], clip)
+    for got, expected in zip(clipped, want, strict=True):
+        # atol: one float32 step of a weight near 1, times the 100x of the inversion.
+        np.testing.assert_allclose(got, expected.numpy(), rtol=2e-3, atol=2e-5)
+    assert abs(float(tf.linalg.global_norm(clipped)) - clip) < 1e-3 * clip

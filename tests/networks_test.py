@@ -235,3 +235,28 @@ def test_unroll_with_unknown_time_dimension_matches_static():
     np.testing.assert_allclose(out.policy_logits, static.policy_logits, atol=1e-5)
     np.testing.assert_allclose(out.baseline, static.baseline, atol=1e-5)
     np.testing.assert_allclose(state.hidden, static_state.hidden, atol=1e-5)
+
+
+def test_feed_forward_agent_ignores_the_core_state_and_the_past():
+    """--nouse_lstm: each step's outputs depend on that step's inputs alone; no LSTM weights."""
+    t, b = 4, 3
+    agent = networks.ImpalaAgent(
+        config.AgentConfig(num_actions=NUM_ACTIONS, torso='shallow', use_lstm=False)
+    )
+    env_outputs = _env_outputs((t, b), 'shallow', seed=3)
+    actions = tf.constant(np.random.default_rng(0).integers(0, NUM_ACTIONS, (t, b)), tf.int32)
+    state = _random_state(agent, b, seed=1)
+    out, new_state = agent.unroll(actions, env_outputs, state)
+    assert out.policy_logits.shape == (t, b, NUM_ACTIONS)
+    tf.nest.map_structure(np.testing.assert_array_equal, new_state, state)
+    assert not any('lstm' in v.name for v in agent.trainable_variables)
+    # The same inputs one step at a time, from another state, give the same outputs.
+    for i in range(t):
+        step_inputs = tf.nest.map_structure(lambda x, i=i: x[i : i + 1], (actions, env_outputs))
+        step_out, _ = agent.unroll(*step_inputs, _random_state(agent, b, seed=10 + i))
+        np.testing.assert_allclose(step_out.policy_logits[0], out.policy_logits[i], atol=1e-5)
+        np.testing.assert_allclose(step_out.baseline[0], out.baseline[i], atol=1e-5)
+    # And the frame matters.
+    other = env_outputs._replace(observation=_env_outputs((t, b), 'shallow', seed=4).observation)
+    moved, _ = agent.unroll(actions, other, state)
+    assert np.abs(moved.policy_logits.numpy() - out.policy_logits.numpy()).max() > 1e-4

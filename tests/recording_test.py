@@ -43,7 +43,9 @@ class _RandomAgent:
 
 @pytest.mark.parametrize('max_frames', [400, 108_000])  # Truncated; played to game over.
 def test_atari_video_has_every_raw_frame(tmp_path, max_frames):
-    cfg = config_lib.EnvironmentConfig(atari_max_episode_frames=max_frames).validate()
+    cfg = config_lib.EnvironmentConfig(
+        atari_max_episode_frames=max_frames, atari_full_action_space=True
+    ).validate()
     agent = _RandomAgent(18)
     result = recording.record_episode(
         'atari/Pong', cfg, seed=3, choose_action=agent, directory=str(tmp_path)
@@ -72,7 +74,7 @@ def test_atari_lockstep_with_mapped_actions_and_sticky_actions(tmp_path, game, s
     # Skiing has fewer than 18 legal actions (mapped as in training); Breakout with sticky
     # actions draws from ALE's RNG on every frame. Either would break lockstep if mishandled.
     cfg = config_lib.EnvironmentConfig(
-        atari_max_episode_frames=600, atari_sticky_action_prob=sticky
+        atari_max_episode_frames=600, atari_sticky_action_prob=sticky, atari_full_action_space=True
     ).validate()
     agent = _RandomAgent(18, seed=2)
     result = recording.record_episode(game, cfg, 7, agent, str(tmp_path))
@@ -90,7 +92,7 @@ def test_atari_divergence_is_an_error_and_leaves_no_file(tmp_path, monkeypatch):
         return frames, reward, done or len(calls) == 5
 
     monkeypatch.setattr(recording._AtariShadow, 'step', diverging_step)
-    cfg = config_lib.EnvironmentConfig().validate()
+    cfg = config_lib.EnvironmentConfig(atari_full_action_space=True).validate()
     with pytest.raises(recording.LockstepError, match='diverged at agent step 5'):
         recording.record_episode('atari/Pong', cfg, 1, _RandomAgent(18), str(tmp_path))
     assert os.listdir(tmp_path) == []
@@ -196,7 +198,9 @@ def test_real_agent_plays_the_recorded_atari_episode(tmp_path):
     from scalable_agent2 import train as train_lib
     from scalable_agent2.environments import base
 
-    cfg = config_lib.EnvironmentConfig(atari_max_episode_frames=240).validate()
+    cfg = config_lib.EnvironmentConfig(
+        atari_max_episode_frames=240, atari_full_action_space=True
+    ).validate()
     spec = base.ObservationSpec((84, 84, 4), 'uint8', False)
     agent = networks.ImpalaAgent(config_lib.AgentConfig(num_actions=18, torso='shallow'))
     train_lib.create_agent_variables(agent, spec)

@@ -93,7 +93,7 @@ def test_training_writes_checkpoint_summaries_and_config(trained):
     logdir, proc = trained
     assert checkpoint_numbers(logdir) == [FIRST_RUN_FRAMES]  # Saved at the end.
     assert 'Resumed' not in proc.stderr
-    assert re.search(r'frames \d+/24000 .* frames/s, learner steps \d+, queue \d+/8', proc.stderr)
+    assert re.search(r'frames \d+/24000 .* frames/s, learner steps \d+, queue \d+/1', proc.stderr)
     tags = summary_tags(logdir)
     for tag in (
         'gym/CartPole-v1/episode_return',
@@ -342,3 +342,37 @@ def test_cartpole_learns_to_a_mean_test_return_of_195(tmp_path):
         level = json.load(f)['levels']['gym/CartPole-v1']
     assert len(level['returns']) == 20
     assert level['mean_return'] >= 195, level
+
+
+def test_staged_batch_holds_one_batch_and_waits_for_the_learner():
+    """As the original's StagingArea: the producer gathers batch k+1 only once k is taken."""
+    import queue as queue_lib
+    import threading
+
+    stop = threading.Event()
+    staged = train.StagedBatch()
+    unrolls: queue_lib.Queue = queue_lib.Queue()
+    for i in range(6):
+        unrolls.put(i)
+    gathered = []
+
+    def produce():
+        while not stop.is_set():
+            batch = [unrolls.get(), unrolls.get()]
+            gathered.append(batch)
+            if not staged.put(batch, stop):
+                return
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(0.3)
+    # Batch 0 is staged; the unrolls of batch 1 stay queued until the learner takes batch 0.
+    assert gathered == [[0, 1]] and unrolls.qsize() == 4
+    assert staged.get(stop) == [0, 1]
+    time.sleep(0.3)
+    assert gathered == [[0, 1], [2, 3]] and unrolls.qsize() == 2
+    assert staged.get(stop) == [2, 3]
+    time.sleep(0.3)
+    stop.set()
+    producer.join(timeout=5)
+    assert not producer.is_alive()

@@ -18,7 +18,7 @@ import numpy as np
 from scalable_agent2 import config as config_lib
 from scalable_agent2 import py_process
 from scalable_agent2.environments.base import FlowEnvironment, ObservationSpec
-from scalable_agent2.types import StepOutput, StepOutputInfo
+from scalable_agent2.types import StepOutput, StepOutputInfo, game_over_or_done
 
 GYM_PREFIX = 'gym/'
 ATARI_PREFIX = 'atari/'
@@ -130,8 +130,8 @@ def _shared_frame_environment(
 
 
 # A step's small fields as plain Python values (cheaper to pickle than numpy scalars):
-# (reward, done, episode_return, episode_step, instruction, frame or None).
-_Packed = tuple[float, bool, float, int, str, Any]
+# (reward, done, episode_return, episode_step, game_over, instruction, frame or None).
+_Packed = tuple[float, bool, float, int, bool, str, Any]
 
 
 class _SharedFrameServer:
@@ -166,6 +166,7 @@ class _SharedFrameServer:
             bool(out.done),
             float(out.info.episode_return),
             int(out.info.episode_step),
+            bool(game_over_or_done(out.info, out.done)),
             instruction,
             frame,
         )
@@ -226,12 +227,12 @@ class Environment:
         return self._process.pid
 
     def _unpack(self, packed: _Packed) -> StepOutput:
-        reward, done, episode_return, episode_step, instruction, frame = packed
+        reward, done, episode_return, episode_step, game_over, instruction, frame = packed
         if frame is None:
             frame = self._frame.copy()  # The next step overwrites the shared block.
         return StepOutput(
             reward=np.float32(reward),
-            info=StepOutputInfo(np.float32(episode_return), np.int32(episode_step)),
+            info=StepOutputInfo(np.float32(episode_return), np.int32(episode_step), game_over),
             done=done,
             observation=(frame, instruction),
         )

@@ -130,6 +130,7 @@ class AtariEnvironment:
         size, stack = config.atari_frame_size, config.atari_frame_stack
         self._spec = ObservationSpec((size, size, stack), 'uint8', False)
         self._lives = 0
+        self._game_over = True
         self._pending = None  # The observation `reset()` returns after a `done` step.
 
     @property
@@ -139,6 +140,11 @@ class AtariEnvironment:
     @property
     def observation_spec(self) -> ObservationSpec:
         return self._spec
+
+    @property
+    def game_over(self) -> bool:
+        """Whether the last step ended the game (a lost life alone does not)."""
+        return self._game_over
 
     @staticmethod
     def _frame(obs: np.ndarray) -> np.ndarray:
@@ -173,6 +179,7 @@ class AtariEnvironment:
         self._lives = lives
         frame = self._frame(obs)
         done = game_over or (life_lost and self._life_loss_ends_episode)
+        self._game_over = game_over
         if done:
             self._pending = frame
         return float(reward[0]), done, (frame, '')

@@ -41,6 +41,10 @@ class RawEnvironment(Protocol):
     def reset(self) -> Observation:
         """Starts a new episode and returns its first observation."""
 
+    # Optional: `game_over`, a bool property saying whether the last `step` ended the whole
+    # game. Only a suite whose episodes can end before the game does (Atari's life loss)
+    # defines it; otherwise every episode end is a game end.
+
     def step(self, action: int) -> tuple[float, bool, Observation]:
         """Applies `action` (with repeats); returns (reward, done, observation).
 
@@ -56,7 +60,9 @@ class FlowEnvironment:
     `initial()` returns reward 0, zero info, `done=True` and the first observation.
     `step(action)` returns the step's reward, and on episode end `done=True`, the info of the
     episode that just ended (return, length in agent steps) and the first observation of the
-    next episode; counters then restart.
+    next episode; counters then restart. Where a lost life ends the episode but not the game,
+    the counters run on over the whole game and `info.game_over` is False (see
+    `StepOutputInfo`).
     """
 
     def __init__(self, env: RawEnvironment):
@@ -78,18 +84,22 @@ class FlowEnvironment:
         observation = self._env.reset()
         return StepOutput(
             reward=np.float32(0.0),
-            info=StepOutputInfo(np.float32(0.0), np.int32(0)),
+            info=StepOutputInfo(np.float32(0.0), np.int32(0), True),
             done=True,
             observation=observation,
         )
 
     def step(self, action: int) -> StepOutput:
         reward, done, observation = self._env.step(int(action))
+        game_over = bool(getattr(self._env, 'game_over', done))
         self._episode_return += reward
         self._episode_step += 1
-        info = StepOutputInfo(np.float32(self._episode_return), np.int32(self._episode_step))
+        info = StepOutputInfo(
+            np.float32(self._episode_return), np.int32(self._episode_step), game_over
+        )
         if done:
             observation = self._env.reset()
+        if game_over:
             self._episode_return = 0.0
             self._episode_step = 0
         return StepOutput(np.float32(reward), info, bool(done), observation)

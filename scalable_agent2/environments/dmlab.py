@@ -94,9 +94,9 @@ def lab_config(env_config: config_lib.EnvironmentConfig, is_test: bool) -> dict[
         'width': str(env_config.width),
         'height': str(env_config.height),
         'logLevel': 'WARN',
+        # Always passed, empty by default, as the original does.
+        'datasetPath': env_config.dataset_path,
     }
-    if env_config.dataset_path:
-        lab['datasetPath'] = env_config.dataset_path
     if is_test:
         lab['allowHoldOutLevels'] = 'true'
         # The original passed the int through str(): decimal digits.
