@@ -6,6 +6,7 @@ Every `validate()` raises `ValueError` with a one-line message naming the bad fi
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,13 +15,13 @@ TORSOS = ('deep', 'shallow', 'mlp')
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f'{name} must be > 0, got {value!r}')
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f'{name} must be a finite number > 0, got {value!r}')
 
 
 def _non_negative(name: str, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f'{name} must be >= 0, got {value!r}')
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)

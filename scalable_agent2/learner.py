@@ -15,6 +15,10 @@ from scalable_agent2 import losses, networks, optimizers, vtrace
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput
 
 
+class DivergenceError(ValueError):
+    """A learner step met a non-finite loss or gradient norm (the update was not applied)."""
+
+
 class Learner:
     """Trains an `ImpalaAgent` on time-major batches of unrolls."""
 
@@ -104,7 +108,8 @@ class Learner:
           Metrics (float32 scalars unless noted): total_loss, policy_gradient_loss,
           baseline_loss, entropy_loss (weighted parts of the total), learning_rate (the rate
           used), mean_rho (mean clipped-free importance ratio), grad_norm (global norm before any
-          clipping),
+          clipping), update_applied (bool: False when the loss or gradient norm was not finite,
+          and then neither the parameters nor the frame counter changed),
           num_environment_frames (int64, after the update).
         """
         self.build(batch)
@@ -166,13 +171,20 @@ class Learner:
         if config.max_grad_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, config.max_grad_norm, use_norm=grad_norm)
         learning_rate = self.learning_rate()
-        self._optimizer.apply(grads, variables)
         frames = (
             tf.cast(time_plus_one - 1, tf.int64)
             * tf.cast(batch_size, tf.int64)
             * config.num_action_repeats
         )
-        self.num_environment_frames.assign_add(frames)
+        # A non-finite step is not applied, so the parameters stay the last good ones.
+        finite = tf.logical_and(tf.math.is_finite(grad_norm), tf.math.is_finite(loss.total))
+
+        def apply():
+            self._optimizer.apply(grads, variables)
+            self.num_environment_frames.assign_add(frames)
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
         return {
             'total_loss': loss.total,
             'policy_gradient_loss': loss.policy_gradient,
@@ -182,4 +194,5 @@ class Learner:
             'mean_rho': tf.reduce_mean(tf.exp(vtrace_returns.log_rhos)),
             'grad_norm': grad_norm,
             'num_environment_frames': self.num_environment_frames.read_value(),
+            'update_applied': applied,
         }

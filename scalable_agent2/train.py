@@ -428,6 +428,16 @@ def _learner_loop(
             break
         metrics = the_learner.step(batch)
         steps += 1
+        if not bool(metrics['update_applied']):
+            # The parameters are still the last good ones: keep them, then stop.
+            ckpt.save(frames)
+            raise learner.DivergenceError(
+                f'non-finite loss or gradient norm at learner step {steps} ({frames} frames; '
+                f'loss {float(metrics["total_loss"])}, gradient norm '
+                f'{float(metrics["grad_norm"])}); the last good parameters were saved. Usual '
+                'causes: a learning rate too high for the batch size, too small an RMSProp '
+                'epsilon, no --max_grad_norm, rewards or observations with NaN/Inf'
+            )
         frames = int(the_learner.num_environment_frames.numpy())
         writer.add_episodes(
             summaries.episodes_from_batch(batch, cfg.learner.num_action_repeats), step=frames
@@ -435,6 +445,7 @@ def _learner_loop(
         now = time.monotonic()
         if now - last_summary >= cfg.save_summaries_secs or steps == 1:
             scalars = dict(metrics)  # learning_rate: the rate this step used.
+            scalars.pop('update_applied')
             scalars['frames_per_second'] = summary_rate.update(frames)
             writer.add_scalars(scalars, step=frames)
             writer.add_actions(batch.agent_outputs.action, step=frames)

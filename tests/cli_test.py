@@ -153,7 +153,7 @@ def assert_one_line_error(proc, pattern):
 def test_cli_bad_flag_values_are_one_line(tmp_path):
     # Validation errors are found before TensorFlow is imported.
     assert_one_line_error(
-        run_cli('--batch_size=0', f'--logdir={tmp_path}'), 'batch_size must be > 0'
+        run_cli('--batch_size=0', f'--logdir={tmp_path}'), 'batch_size must be a finite number > 0'
     )
     assert_one_line_error(run_cli('--network=wide'), 'network')
     assert_one_line_error(run_cli('--task=3', '--job_name=learner'), 'learner job has one task')
@@ -254,3 +254,12 @@ def test_new_agent_and_learner_flags():
     assert cli.experiment_config(parsed()).learner.max_grad_norm is None
     with pytest.raises(ValueError, match='max_grad_norm'):
         cli.experiment_config(parsed('--max_grad_norm=-1'))
+
+
+@pytest.mark.parametrize(
+    'flag', ['--entropy_cost=inf', '--learning_rate=nan', '--epsilon=inf', '--max_grad_norm=inf']
+)
+def test_non_finite_flag_values_are_rejected(flag):
+    name = flag[2:].split('=')[0]
+    with pytest.raises(ValueError, match=f'{name} must be a finite number'):
+        cli.experiment_config(parsed(flag))

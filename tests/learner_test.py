@@ -384,3 +384,20 @@ def test_max_grad_norm_clips_the_global_norm_as_tf():
         # atol: one float32 step of a weight near 1, times the 100x of the inversion.
         np.testing.assert_allclose(got, expected.numpy(), rtol=2e-3, atol=2e-5)
     assert abs(float(tf.linalg.global_norm(clipped)) - clip) < 1e-3 * clip
+
+
+def test_a_non_finite_step_is_not_applied():
+    the_learner = _make('shallow', use_xla=False)
+    agent = the_learner.agent
+    good = _learnable_batch('shallow', seed=5)
+    assert bool(the_learner.step(good)['update_applied'])
+    before = [v.numpy() for v in agent.trainable_variables]
+    frames = int(the_learner.num_environment_frames.numpy())
+    bad = good._replace(env_outputs=good.env_outputs._replace(reward=tf.fill([T + 1, B], np.nan)))
+    metrics = the_learner.step(bad)
+    assert not bool(metrics['update_applied'])
+    assert not np.isfinite(float(metrics['total_loss']))
+    assert int(the_learner.num_environment_frames.numpy()) == frames
+    for b, v in zip(before, agent.trainable_variables, strict=True):
+        np.testing.assert_array_equal(b, v.numpy())
+    assert bool(the_learner.step(good)['update_applied'])  # Training can go on.
