@@ -3,6 +3,9 @@
 A `tf.train.Checkpoint` of the learner's state is managed by `tf.train.CheckpointManager`.
 Beside it, `agent_spec.json` records the agent's architecture (network, action count, ...), so a
 restart with another agent fails with one clear line instead of a shape error deep in TF.
+Restoring first reads every tensor of a checkpoint back (each carries a checksum): a torn or
+garbled file (full disk, crash while writing) is skipped with a warning for the newest intact
+one, and is called corrupt, never "another agent".
 """
 
 import json
@@ -21,6 +24,29 @@ class IncompatibleCheckpointError(ValueError):
 
 class NoCheckpointError(ValueError):
     """A checkpoint was required (test mode) but the log directory has none."""
+
+
+class CorruptCheckpointError(ValueError):
+    """Every checkpoint in the log directory is unreadable (truncated, empty or garbled)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why the checkpoint at `path` (a prefix such as `.../ckpt-100`) cannot be read, or None.
+
+    Reads every tensor back, which checks each one's checksum.
+    """
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as e:  # Any failure to read the bytes back means a corrupt file.
+        return _first_line(e)
+    return None
 
 
 class Checkpointer:
@@ -89,6 +115,7 @@ class Checkpointer:
                 raise NoCheckpointError(f'no checkpoint found in {self._logdir}')
             return None
         self.check_agent_spec()
+        path = self._newest_intact(path)
         try:
             status = self._checkpoint.restore(path)
             if partial:
@@ -96,11 +123,24 @@ class Checkpointer:
             else:
                 status.assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.OpError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise IncompatibleCheckpointError(
-                f'checkpoint {path} does not match this agent: {first_line}'
+                f'checkpoint {path} does not match this agent: {_first_line(e)}'
             ) from e
         return path
+
+    def _newest_intact(self, latest: str) -> str:
+        """`latest` if it reads back, else the newest older one that does (with warnings)."""
+        candidates = [latest] + [p for p in reversed(self._manager.checkpoints) if p != latest]
+        problems = []
+        for path in candidates:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            logging.warning('Skipping corrupt checkpoint %s: %s', path, problem)
+            problems.append(f'{os.path.basename(path)} ({problem})')
+        raise CorruptCheckpointError(
+            f'every checkpoint in {self._logdir} is corrupt: {"; ".join(problems)}'
+        )
 
     def save(self, checkpoint_number: int) -> str:
         """Writes a checkpoint (numbered, e.g., by the frame count) and the agent spec."""

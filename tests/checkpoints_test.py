@@ -1,0 +1,67 @@
+"""Tests for scalable_agent2.checkpoints: torn, empty and garbled files; another agent's."""
+
+import glob
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scalable_agent2 import checkpoints
+
+
+def _three_checkpoints(tmp_path):
+    v = tf.Variable(np.zeros(1000, np.float32))
+    ckpt = checkpoints.Checkpointer(str(tmp_path), {'v': v}, {'a': 1}, max_to_keep=5)
+    for n in (1, 2, 3):
+        v.assign(np.full(1000, n, np.float32))
+        ckpt.save(n)
+    v.assign(np.zeros(1000, np.float32))
+    return v, ckpt
+
+
+def _data_file(tmp_path, n):
+    (path,) = glob.glob(str(tmp_path / f'ckpt-{n}.data-*'))
+    return path
+
+
+def _truncate(path):
+    with open(path, 'r+b') as f:
+        f.truncate(100)
+
+
+def _empty(path):
+    open(path, 'w').close()
+
+
+def _garble(path):
+    with open(path, 'r+b') as f:
+        f.seek(200)
+        f.write(b'\x5a' * 64)
+
+
+@pytest.mark.parametrize('damage', [_truncate, _empty, _garble])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact(tmp_path, damage, caplog):
+    v, ckpt = _three_checkpoints(tmp_path)
+    damage(_data_file(tmp_path, 3))
+    assert checkpoints.checkpoint_problem(str(tmp_path / 'ckpt-3')) is not None
+    assert checkpoints.checkpoint_problem(str(tmp_path / 'ckpt-2')) is None
+    path = ckpt.restore_latest(required=True)
+    assert path.endswith('ckpt-2')
+    np.testing.assert_array_equal(v.numpy(), np.full(1000, 2, np.float32))
+    assert any('ckpt-3' in r.getMessage() and 'corrupt' in r.getMessage() for r in caplog.records)
+
+
+def test_every_checkpoint_corrupt_is_one_clear_error(tmp_path):
+    _, ckpt = _three_checkpoints(tmp_path)
+    for n in (1, 2, 3):
+        _truncate(_data_file(tmp_path, n))
+    with pytest.raises(checkpoints.CorruptCheckpointError, match='every checkpoint .* corrupt'):
+        ckpt.restore_latest()
+
+
+def test_an_intact_checkpoint_of_another_shape_is_still_incompatible(tmp_path):
+    _three_checkpoints(tmp_path)
+    w = tf.Variable(np.zeros(7, np.float32))
+    other = checkpoints.Checkpointer(str(tmp_path), {'v': w}, {'a': 1})
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not match'):
+        other.restore_latest()
