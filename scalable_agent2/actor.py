@@ -7,12 +7,16 @@ step. Policy calls go through a callable (in training, the dynamically batched a
 the actor itself holds no TensorFlow state.
 """
 
+import collections
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from scalable_agent2.py_process import PyProcessDiedError
 from scalable_agent2.types import (
     ActorOutput,
     AgentOutput,
@@ -101,10 +105,18 @@ def _env_output_numpy(env_output: StepOutput) -> StepOutput:
     )
 
 
+class EnvironmentCrashLoopError(RuntimeError):
+    """An actor's environment died too often in a short time to keep recreating it."""
+
+
 class Actor:
     """Runs one environment with a policy and produces unrolls of `unroll_length + 1` entries.
 
-    Not thread-safe: each actor thread owns one `Actor` (and its environment).
+    Not thread-safe: each actor thread owns one `Actor` (and its environment). With `recreate`,
+    an environment whose subprocess dies (segfault, OOM kill) is replaced by a new one: the
+    unroll in progress is dropped, the new environment starts a fresh episode with a zero core
+    state, and the restart is logged and counted (`restarts`). More than `max_restarts` deaths
+    within `restart_window_secs` raise `EnvironmentCrashLoopError`.
     """
 
     def __init__(
@@ -115,6 +127,9 @@ class Actor:
         initial_agent_state: Any,
         unroll_length: int,
         use_instruction: bool = True,
+        recreate: Callable[[int], Any] | None = None,
+        max_restarts: int = 5,
+        restart_window_secs: float = 600.0,
     ):
         """Resets the environment and sets the persistent state.
 
@@ -126,6 +141,10 @@ class Actor:
           unroll_length: T, new agent steps per unroll.
           use_instruction: whether to pass the instruction to the policy (the unrolls always
             keep it).
+          recreate: `recreate(n)` builds the replacement environment after the n-th subprocess
+            death (n = 1, 2, ...; e.g. to vary its seed); None lets `PyProcessDiedError`
+            propagate.
+          max_restarts, restart_window_secs: the crash-loop limit.
         """
         if unroll_length <= 0:
             raise ValueError(f'unroll_length must be > 0, got {unroll_length}')
@@ -134,14 +153,56 @@ class Actor:
         self._policy = policy
         self._unroll_length = unroll_length
         self._use_instruction = use_instruction
+        self._recreate = recreate
+        self._max_restarts = max_restarts
+        self._restart_window_secs = restart_window_secs
+        self._restart_times: collections.deque = collections.deque()
+        self.restarts = 0
+        self._initial_agent_state = _to_numpy(initial_agent_state)
         self._env_output = _env_output_numpy(env.initial())
-        self._agent_state = _to_numpy(initial_agent_state)
+        self._agent_state = self._initial_agent_state
         # The original starts with an all-zero agent output (action 0 = "last action").
         self._agent_output = None
 
     @property
     def level_name(self) -> str:
         return self._level_name
+
+    def close(self) -> None:
+        """Closes the current environment (the one a restart may have created)."""
+        self._env.close()
+
+    def _restart(self, error: PyProcessDiedError) -> None:
+        while True:
+            now = time.monotonic()
+            self._restart_times.append(now)
+            while now - self._restart_times[0] > self._restart_window_secs:
+                self._restart_times.popleft()
+            if len(self._restart_times) > self._max_restarts:
+                raise EnvironmentCrashLoopError(
+                    f'the environment of {self._level_name} died {len(self._restart_times)} '
+                    f'times in {self._restart_window_secs:.0f} s; last: {error}'
+                ) from error
+            self.restarts += 1
+            logging.warning(
+                'Environment of %s died (%s); recreating it (restart %d); the unroll in '
+                'progress is dropped.',
+                self._level_name,
+                error,
+                self.restarts,
+            )
+            try:
+                self._env.close()
+            except Exception as e:  # The dead process may fail to close cleanly.
+                logging.warning('Closing the dead environment failed: %r', e)
+            self._env = self._recreate(self.restarts)
+            try:
+                self._env_output = _env_output_numpy(self._env.initial())
+                break
+            except PyProcessDiedError as e:  # Died again at once: counts as another death.
+                error = e
+        self._agent_state = self._initial_agent_state
+        self._agent_output = tf.nest.map_structure(np.zeros_like, self._agent_output)
 
     def _step_policy(self) -> tuple[AgentOutput, Any]:
         last_action = np.asarray([self._agent_output.action], np.int32)
@@ -150,7 +211,7 @@ class Actor:
         return _unbatch(agent_output), _to_numpy(agent_state)
 
     def unroll(self) -> ActorOutput:
-        """Runs T agent steps and returns the unroll.
+        """Runs T agent steps and returns the unroll (recreating a dead environment, if allowed).
 
         Returns:
           `ActorOutput` (numpy): level_name str; agent_state nest `[1, ...]` (the state before
@@ -163,6 +224,15 @@ class Actor:
             self._agent_output = AgentOutput(np.int32(0), None, None)
             probe, _ = self._step_policy()
             self._agent_output = tf.nest.map_structure(np.zeros_like, probe)
+        while True:
+            try:
+                return self._unroll_once()
+            except PyProcessDiedError as e:
+                if self._recreate is None:
+                    raise
+                self._restart(e)
+
+    def _unroll_once(self) -> ActorOutput:
         initial_agent_state = self._agent_state
         env_outputs = [self._env_output]
         agent_outputs = [self._agent_output]

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from scalable_agent2 import config
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it.
 
 
 class _IntegerAllowingExponent(flags.IntegerParser):
@@ -398,6 +399,10 @@ def _main(argv: Sequence[str]) -> None:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         logging.flush()
         _fail(message)
+    except KeyboardInterrupt:
+        # Ctrl-C before training installs its handlers (e.g. while TensorFlow imports).
+        print('interrupted', file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

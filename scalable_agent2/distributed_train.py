@@ -185,7 +185,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
             ckpt,
             stop,
         )
-        workers.raise_first_error()
+        workers.raise_first_error(ckpt, int(the_learner.num_environment_frames.numpy()))
         return train.finish_training(the_learner, ckpt, steps, resumed_from)
     finally:
         stop.set()
@@ -229,6 +229,7 @@ def run_actor(
         level, cfg.environment, seed=cfg.env_seed(cfg.task), is_test=False
     )
     unrolls = 0
+    the_actor = None
     try:
         obs_spec = env.observation_spec
         agent_config = train.agent_config_for(cfg, env)
@@ -259,6 +260,7 @@ def run_actor(
             initial_state,
             cfg.learner.unroll_length,
             use_instruction=agent_config.use_instruction,
+            recreate=train.recreate_environment(cfg, level, cfg.task),
         )
         logging.info('Actor %d playing %s.', cfg.task, level)
         last_log = time.monotonic()
@@ -294,6 +296,7 @@ def run_actor(
         return distributed.EXIT_LEARNER_LOST
     finally:
         try:
-            env.close()
+            # The actor holds the current environment (a restart may have replaced `env`).
+            (env if the_actor is None else the_actor).close()
         except Exception as e:  # Closing must not hide the original error.
             logging.warning('Closing the environment failed: %r', e)

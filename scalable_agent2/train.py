@@ -101,6 +101,18 @@ def create_agent_variables(agent: Any, observation_spec: Any) -> None:
     agent((np.zeros([1], np.int32), dummy_env_output(observation_spec)), agent.initial_state(1))
 
 
+def recreate_environment(
+    cfg: config.ExperimentConfig, level: str, index: int
+) -> Callable[[int], Any]:
+    """What an actor calls to replace its dead environment: restart n gets its own seed."""
+
+    def create(restart: int) -> Any:
+        seed = cfg.env_seed(index) + 100_000 * restart
+        return environments.create_environment(level, cfg.environment, seed=seed, is_test=False)
+
+    return create
+
+
 def make_batched_policy(agent: Any, timeout_ms: int) -> Any:
     """The agent step behind dynamic batching, for actor threads.
 
@@ -181,10 +193,18 @@ class _Workers:
         thread.start()
         self._threads.append(thread)
 
-    def raise_first_error(self) -> None:
+    def raise_first_error(self, ckpt: checkpoints.Checkpointer | None = None, frames: int = 0):
+        """Raises RuntimeError if a thread failed, saving `ckpt` at `frames` first if given.
+
+        The learner only trains in the main thread, so the parameters saved are the last good
+        ones whatever failed in the actors or the prefetch thread.
+        """
         with self._lock:
             if self._errors:
                 e = self._errors[0]
+                if ckpt is not None:
+                    path = ckpt.save(frames)
+                    logging.error('A training thread failed; saved %s first.', path)
                 raise RuntimeError(f'a training thread failed: {e!r}') from e
 
     def join(self) -> None:
@@ -308,6 +328,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
 
     stop = threading.Event()
     envs: list[Any] = []
+    actors: list[actor.Actor] = []
     policy = None
     workers = _Workers(stop)
     writer = None
@@ -356,7 +377,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         batch_queue = StagedBatch()
         initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
 
-        actors = [
+        actors.extend(
             actor.Actor(
                 env,
                 level,
@@ -364,9 +385,10 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
                 initial_state,
                 cfg.learner.unroll_length,
                 use_instruction=agent_config.use_instruction,
+                recreate=recreate_environment(cfg, level, i),
             )
-            for env, level in zip(envs, actor_levels, strict=True)
-        ]
+            for i, (env, level) in enumerate(zip(envs, actor_levels, strict=True))
+        )
         for i, a in enumerate(actors):
             workers.start(f'actor_{i}', lambda a=a: _actor_loop(a, unroll_queue, stop))
         workers.start(
@@ -374,7 +396,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
             lambda: _prefetch_loop(unroll_queue, batch_queue, cfg.learner.batch_size, stop),
         )
         steps = _learner_loop(cfg, the_learner, batch_queue, unroll_queue, writer, ckpt, stop)
-        workers.raise_first_error()
+        workers.raise_first_error(ckpt, int(the_learner.num_environment_frames.numpy()))
         return finish_training(the_learner, ckpt, steps, resumed_from)
     finally:
         signals.__exit__(None, None, None)
@@ -382,9 +404,10 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         if policy is not None:
             policy.close()
         workers.join()
-        for env in envs:
+        # Actors close the environments they hold now (a restart may have replaced one).
+        for closable in [*actors, *envs[len(actors) :]]:
             try:
-                env.close()
+                closable.close()
             except Exception as e:  # Closing must not hide the original error.
                 logging.warning('Closing an environment failed: %r', e)
         if writer is not None:

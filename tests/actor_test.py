@@ -218,3 +218,81 @@ def test_policy_gets_only_what_the_agent_reads():
         # The unroll keeps everything.
         assert list(u.env_outputs.observation[1]) == ['instr 0', 'instr 1', 'instr 2']
         np.testing.assert_array_equal(u.env_outputs.info.episode_step, [0, 1, 2])
+
+
+def _cartpole_policy(last_action, env_output, state):
+    del last_action
+    action = np.array([int(env_output.observation[0][0, 2] > 0)], np.int32)
+    return AgentOutput(action, np.zeros([1, 2], np.float32), np.zeros([1], np.float32)), state + 1
+
+
+def _cartpole(seed):
+    from scalable_agent2 import environments
+
+    return environments.create_environment(
+        'gym/CartPole-v1', config.EnvironmentConfig(num_action_repeats=1), seed, False
+    )
+
+
+def test_a_killed_environment_is_recreated_and_the_unroll_restarts():
+    import os
+    import signal
+
+    seeds = []
+
+    def recreate(n):
+        seeds.append(n)
+        return _cartpole(100 + n)
+
+    first = _cartpole(1)
+    a = actor.Actor(
+        first, 'gym/CartPole-v1', _cartpole_policy, np.zeros([1, 1]), 5, False, recreate
+    )
+    try:
+        a.unroll()
+        os.kill(first.pid, signal.SIGKILL)
+        out = a.unroll()
+        assert a.restarts == 1 and seeds == [1]
+        # A whole unroll of the new environment: it starts a fresh episode, zero core state.
+        assert out.env_outputs.done.shape == (6,) and bool(out.env_outputs.done[0])
+        assert out.agent_outputs.action[0] == 0
+        np.testing.assert_array_equal(out.agent_state, np.zeros([1, 1]))
+        assert a.unroll().env_outputs.done.shape == (6,)  # It goes on.
+    finally:
+        a.close()
+        first.close()
+
+
+def test_an_environment_that_keeps_dying_stops_the_actor():
+    import os
+    import signal
+
+    def dying(n):
+        env = _cartpole(n)
+        os.kill(env.pid, signal.SIGKILL)
+        return env
+
+    first = _cartpole(1)
+    a = actor.Actor(first, 'lvl', _cartpole_policy, np.zeros([1, 1]), 5, False, dying, 2)
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        with pytest.raises(actor.EnvironmentCrashLoopError, match='lvl died 3 times'):
+            a.unroll()
+    finally:
+        a.close()
+
+
+def test_without_recreate_a_dead_environment_is_an_error():
+    import os
+    import signal
+
+    from scalable_agent2.py_process import PyProcessDiedError
+
+    env = _cartpole(1)
+    a = actor.Actor(env, 'lvl', _cartpole_policy, np.zeros([1, 1]), 5, False)
+    try:
+        os.kill(env.pid, signal.SIGKILL)
+        with pytest.raises(PyProcessDiedError):
+            a.unroll()
+    finally:
+        a.close()

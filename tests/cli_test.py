@@ -263,3 +263,19 @@ def test_non_finite_flag_values_are_rejected(flag):
     name = flag[2:].split('=')[0]
     with pytest.raises(ValueError, match=f'{name} must be a finite number'):
         cli.experiment_config(parsed(flag))
+
+
+def test_ctrl_c_while_tensorflow_imports_exits_quietly(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, EXPERIMENT, '--level_name=gym/CartPole-v1', f'--logdir={tmp_path}'],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # TensorFlow takes seconds to import.
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == cli.EXIT_INTERRUPTED, stderr[-2000:]
+    assert 'Traceback' not in stderr and stderr.strip().splitlines()[-1] == 'interrupted'

@@ -376,3 +376,26 @@ def test_staged_batch_holds_one_batch_and_waits_for_the_learner():
     stop.set()
     producer.join(timeout=5)
     assert not producer.is_alive()
+
+
+def test_a_failed_thread_saves_a_checkpoint_before_the_error(tmp_path):
+    import threading
+
+    import tensorflow as tf
+
+    from scalable_agent2 import checkpoints
+
+    stop = threading.Event()
+    workers = train._Workers(stop)  # noqa: SLF001 (the runner's own thread pool)
+
+    def fail():
+        raise OSError('environment exploded')
+
+    workers.start('actor_0', fail)
+    workers.join()
+    assert stop.is_set()
+    v = tf.Variable([1.0, 2.0])
+    ckpt = checkpoints.Checkpointer(str(tmp_path), {'v': v}, {'a': 1})
+    with pytest.raises(RuntimeError, match='a training thread failed: .*environment exploded'):
+        workers.raise_first_error(ckpt, 1234)
+    assert ckpt.latest_checkpoint.endswith('ckpt-1234')
