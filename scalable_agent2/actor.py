@@ -38,8 +38,7 @@ def batch_env_output(env_output: StepOutput) -> StepOutput:
 
     Returns:
       `StepOutput` with reward float32 [1], info (float32 [1], int32 [1], bool [1]), done
-      bool [1],
-      observation (frame [1, ...], instruction object (str) [1]).
+      bool [1], observation (frame [1, ...], instruction object (str) [1]).
     """
     frame, instruction = env_output.observation
     return StepOutput(
