@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from scalable_agent2.errors import RunAbortedError
 from scalable_agent2.py_process import PyProcessDiedError
 from scalable_agent2.types import (
     ActorOutput,
@@ -104,7 +105,7 @@ def _env_output_numpy(env_output: StepOutput) -> StepOutput:
     )
 
 
-class EnvironmentCrashLoopError(RuntimeError):
+class EnvironmentCrashLoopError(RunAbortedError):
     """An actor's environment died too often in a short time to keep recreating it."""
 
 

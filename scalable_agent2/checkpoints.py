@@ -5,34 +5,63 @@ Beside it, `agent_spec.json` records the agent's architecture (network, action c
 restart with another agent fails with one clear line instead of a shape error deep in TF.
 Restoring first reads every tensor of a checkpoint back (each carries a checksum): a torn or
 garbled file (full disk, crash while writing) is skipped with a warning for the newest intact
-one, and is called corrupt, never "another agent".
+one, and is called corrupt, never "another agent". Objects added to the learner's state after a
+checkpoint was written (e.g. the learner-step counter) get defaults from `CheckpointState`, so
+older checkpoints still restore. The errors for user mistakes are `errors.UsageError`s.
 """
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
+from scalable_agent2.errors import UsageError
+
 AGENT_SPEC_FILE = 'agent_spec.json'
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UsageError):
     """The checkpoint in the log directory was written by a different agent."""
 
 
-class NoCheckpointError(ValueError):
+class NoCheckpointError(UsageError):
     """A checkpoint was required (test mode) but the log directory has none."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(UsageError):
     """Every checkpoint in the log directory is unreadable (truncated, empty or garbled)."""
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class CheckpointState(dict):
+    """name -> trackable (for `tf.train.Checkpoint(**state)`), with defaults for newer objects.
+
+    `defaults[name]()` sets object `name` when a restored checkpoint lacks it (one written
+    before `name` was added to the state); it runs after everything else was restored, so it
+    can derive the value from restored objects.
+    """
+
+    def __init__(
+        self, objects: Mapping[str, Any], defaults: Mapping[str, Callable[[], None]] | None = None
+    ):
+        super().__init__(objects)
+        self.defaults = dict(defaults or {})
+        unknown = set(self.defaults) - set(self)
+        if unknown:
+            raise ValueError(f'defaults for objects not in the state: {sorted(unknown)}')
+
+
+def saved_object_names(path: str) -> set[str]:
+    """Top-level names of the objects whose values the checkpoint at `path` holds."""
+    reader = tf.train.load_checkpoint(path)
+    return {key.split('/')[0] for key in reader.get_variable_to_shape_map()}
 
 
 def checkpoint_problem(path: str) -> str | None:
@@ -63,13 +92,17 @@ class Checkpointer:
 
         Args:
           logdir: directory holding the checkpoints (created if missing).
-          objects: name -> trackable (variables, modules, optimizers), for `tf.train.Checkpoint`.
+          objects: name -> trackable (variables, modules, optimizers), for `tf.train.Checkpoint`;
+            a `CheckpointState` (as `Learner.checkpoint_state`) also gives defaults for objects
+            that older checkpoints lack.
           agent_spec: JSON-serialisable description of the agent; restoring a checkpoint whose
             spec differs raises `IncompatibleCheckpointError`.
           max_to_keep: checkpoints kept.
         """
         self._logdir = logdir
         self._agent_spec = dict(agent_spec)
+        self._objects = dict(objects)
+        self._defaults = dict(getattr(objects, 'defaults', {}))
         self._checkpoint = tf.train.Checkpoint(**objects)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, directory=logdir, max_to_keep=max_to_keep, checkpoint_name='ckpt'
@@ -116,8 +149,15 @@ class Checkpointer:
             return None
         self.check_agent_spec()
         path = self._newest_intact(path)
+        saved = saved_object_names(path)
+        missing = [name for name in self._defaults if name not in saved]
+        checkpoint = self._checkpoint
+        if missing:  # Written before these objects existed: restore the others.
+            checkpoint = tf.train.Checkpoint(
+                **{k: v for k, v in self._objects.items() if k not in missing}
+            )
         try:
-            status = self._checkpoint.restore(path)
+            status = checkpoint.restore(path)
             if partial:
                 status.expect_partial()
             else:
@@ -126,6 +166,13 @@ class Checkpointer:
             raise IncompatibleCheckpointError(
                 f'checkpoint {path} does not match this agent: {_first_line(e)}'
             ) from e
+        for name in missing:
+            self._defaults[name]()
+            logging.info(
+                'Checkpoint %s has no %s (an older version wrote it); set it to its default.',
+                path,
+                name,
+            )
         return path
 
     def _newest_intact(self, latest: str) -> str:

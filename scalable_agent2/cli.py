@@ -1,21 +1,25 @@
 """Command line: the original IMPALA flags (same names and defaults) plus a few new ones.
 
 This is the only module that defines or reads absl flags. It turns them into a frozen
-`config.ExperimentConfig` and runs training or test mode. User mistakes (bad flag values,
-unknown levels, an unwritable logdir, an incompatible or missing checkpoint, a missing
-DeepMind Lab) end with one line on stderr and exit code 2, without a traceback.
+`config.ExperimentConfig` and runs training or test mode. User mistakes (`errors.UsageError`:
+bad flag values, unknown levels, an unwritable logdir, an incompatible, missing or corrupt
+checkpoint, a missing DeepMind Lab) end with one line on stderr and exit code 2, without a
+traceback; a run stopped for a diagnosed cause (`errors.RunAbortedError`: divergence, an
+environment crash loop) with one line and exit code 1. Any other exception is a bug and keeps
+its traceback. A logdir that this command created and left empty (its set-up failed) is removed.
 """
 
+import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import app, flags, logging
 
-from scalable_agent2 import config
+from scalable_agent2 import config, errors
 
-EXIT_USAGE = 2
+EXIT_USAGE = errors.EXIT_USAGE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it.
 
 
@@ -311,7 +315,7 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
     task, job_name = fv.task, fv.job_name
     if tf_config_job is not None:
         if task >= 0 and (job_name, task) != (tf_config_job, tf_config_task):
-            raise ValueError(
+            raise errors.UsageError(
                 f'--job_name={job_name} --task={task} disagree with TF_CONFIG '
                 f'({tf_config_job} task {tf_config_task})'
             )
@@ -342,9 +346,9 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
     return cfg.validate()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
     print(f'error: {message}', file=sys.stderr, flush=True)
-    sys.exit(EXIT_USAGE)
+    sys.exit(code)
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
@@ -388,21 +392,58 @@ def run(cfg: config.ExperimentConfig) -> dict:
         raise ValueError(f'mode must be train or test, got {cfg.mode!r}')
 
 
+def _missing_directories(path: str) -> list[str]:
+    """`path` and each of its ancestors that does not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+@contextlib.contextmanager
+def _new_logdir_removed_on_failure(cfg: config.ExperimentConfig) -> Iterator[None]:
+    """Removes the logdir (and parents) this command created if it fails leaving them empty.
+
+    Only for the jobs that own the logdir (single-machine training, the learner, test mode):
+    an actor on the learner's machine must not remove the directory the learner just made.
+    """
+    owns_logdir = cfg.task < 0 or cfg.job_name == 'learner' or cfg.mode == 'test'
+    created = _missing_directories(cfg.logdir) if owns_logdir else []
+    try:
+        yield
+    except BaseException:
+        for path in created:  # Deepest first; stops at the first that is not empty.
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+        raise
+
+
 def _main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         _fail(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
         cfg = experiment_config(flags.FLAGS)
-        run(cfg)
-    except (ValueError, ImportError, OSError) as e:
-        # User mistakes (including a missing DeepMind Lab) are one line, no traceback.
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        logging.flush()
-        _fail(message)
+        with _new_logdir_removed_on_failure(cfg):
+            run(cfg)
     except KeyboardInterrupt:
         # Ctrl-C before training installs its handlers (e.g. while TensorFlow imports).
         print('interrupted', file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        # User mistakes and diagnosed stops are one line; anything else is a bug: traceback.
+        cause = errors.user_facing(e)
+        if cause is None:
+            raise
+        logging.debug('The run ended with this error:', exc_info=e)
+        logging.flush()
+        _fail(errors.first_line(cause), errors.exit_code(cause))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

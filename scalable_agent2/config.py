@@ -1,7 +1,7 @@
 """Frozen configuration dataclasses with validation.
 
 Library code takes these (or explicit arguments); only `cli.py` reads flags and builds them.
-Every `validate()` raises `ValueError` with a one-line message naming the bad field.
+Every `validate()` raises `UsageError` (a `ValueError`) naming the bad field in one line.
 """
 
 import dataclasses
@@ -10,18 +10,20 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scalable_agent2.errors import UsageError
+
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 TORSOS = ('deep', 'shallow', 'mlp')
 
 
 def _positive(name: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f'{name} must be a finite number > 0, got {value!r}')
+        raise UsageError(f'{name} must be a finite number > 0, got {value!r}')
 
 
 def _non_negative(name: str, value: float) -> None:
     if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
+        raise UsageError(f'{name} must be a finite number >= 0, got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,7 @@ class EnvironmentConfig:
         _non_negative('atari_noop_max', self.atari_noop_max)
         _positive('atari_max_episode_frames', self.atari_max_episode_frames)
         if not 0.0 <= self.atari_sticky_action_prob < 1.0:
-            raise ValueError(
+            raise UsageError(
                 f'atari_sticky_action_prob must be in [0, 1), got {self.atari_sticky_action_prob!r}'
             )
         return self
@@ -95,7 +97,7 @@ class AgentConfig:
         _positive('num_actions', self.num_actions)
         _positive('core_size', self.core_size)
         if self.torso not in TORSOS:
-            raise ValueError(f'torso must be one of {TORSOS}, got {self.torso!r}')
+            raise UsageError(f'torso must be one of {TORSOS}, got {self.torso!r}')
         return self
 
 
@@ -146,11 +148,11 @@ class LearnerConfig:
         _positive('epsilon', self.epsilon)
         _non_negative('momentum', self.momentum)
         if not 0.0 <= self.discounting <= 1.0:
-            raise ValueError(f'discounting must be in [0, 1], got {self.discounting!r}')
+            raise UsageError(f'discounting must be in [0, 1], got {self.discounting!r}')
         if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f'decay must be in [0, 1), got {self.decay!r}')
+            raise UsageError(f'decay must be in [0, 1), got {self.decay!r}')
         if self.reward_clipping not in REWARD_CLIPPING_MODES:
-            raise ValueError(
+            raise UsageError(
                 f'reward_clipping must be one of {REWARD_CLIPPING_MODES}, '
                 f'got {self.reward_clipping!r}'
             )
@@ -161,7 +163,7 @@ def parse_address(address: str, what: str = 'address') -> tuple[str, int]:
     """Splits 'host:port' (IPv6 as '[::1]:port'); ValueError naming `what` otherwise."""
     host, sep, port = address.rpartition(':')
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f'{what} must be host:port with a port in 1..65535, got {address!r}')
+        raise UsageError(f'{what} must be host:port with a port in 1..65535, got {address!r}')
     return host.strip('[]'), int(port)
 
 
@@ -200,24 +202,24 @@ class ClusterConfig:
         for address in self.actor_addresses:
             parse_address(address, 'each of actor_addresses')
         if not self.connect_timeout_secs > 0:
-            raise ValueError(f'connect_timeout_secs must be > 0, got {self.connect_timeout_secs}')
+            raise UsageError(f'connect_timeout_secs must be > 0, got {self.connect_timeout_secs}')
         if self.publish_interval < 1:
-            raise ValueError(f'publish_interval must be >= 1, got {self.publish_interval}')
+            raise UsageError(f'publish_interval must be >= 1, got {self.publish_interval}')
         if self.queue_capacity < 1:
-            raise ValueError(f'queue_capacity must be >= 1, got {self.queue_capacity}')
+            raise UsageError(f'queue_capacity must be >= 1, got {self.queue_capacity}')
         if self.shutdown_grace_secs < 0:
-            raise ValueError(f'shutdown_grace_secs must be >= 0, got {self.shutdown_grace_secs}')
+            raise UsageError(f'shutdown_grace_secs must be >= 0, got {self.shutdown_grace_secs}')
         return self
 
     def actor_address(self, task: int) -> str:
         """The address actor `task` listens on."""
         if task < 0:
-            raise ValueError(f'actor task must be >= 0, got {task}')
+            raise UsageError(f'actor task must be >= 0, got {task}')
         if task < len(self.actor_addresses):
             return self.actor_addresses[task]
         host, port = parse_address(self.learner_address)
         if port + 1 + task > 65535:
-            raise ValueError(f'no default address for actor task {task}; set actor_addresses')
+            raise UsageError(f'no default address for actor task {task}; set actor_addresses')
         if ':' in host:
             host = f'[{host}]'
         return f'{host}:{port + 1 + task}'
@@ -251,19 +253,19 @@ def cluster_config_from(
         try:
             parsed = json.loads(tf_config)
         except json.JSONDecodeError as e:
-            raise ValueError(f'TF_CONFIG is not valid JSON: {e}') from e
+            raise UsageError(f'TF_CONFIG is not valid JSON: {e}') from e
         if not isinstance(parsed, Mapping):
-            raise ValueError(f'TF_CONFIG must be a JSON object, got {type(parsed).__name__}')
+            raise UsageError(f'TF_CONFIG must be a JSON object, got {type(parsed).__name__}')
         cluster = parsed.get('cluster') or {}
         unknown = set(cluster) - {'learner', 'actor'}
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f'TF_CONFIG cluster has jobs {sorted(unknown)}; only learner and actor exist'
             )
         if 'learner' in cluster:
             learners = split_addresses(cluster['learner'])
             if len(learners) != 1:
-                raise ValueError(f'TF_CONFIG must list exactly one learner, got {learners}')
+                raise UsageError(f'TF_CONFIG must list exactly one learner, got {learners}')
             learner_address = learners[0]
         if 'actor' in cluster:
             actors = split_addresses(cluster['actor'])
@@ -271,7 +273,7 @@ def cluster_config_from(
         if task_entry:
             job_name = task_entry.get('type')
             if job_name not in ('learner', 'actor'):
-                raise ValueError(f'TF_CONFIG task type must be learner or actor, got {job_name!r}')
+                raise UsageError(f'TF_CONFIG task type must be learner or actor, got {job_name!r}')
             task = int(task_entry.get('index', 0))
     config = ClusterConfig(learner_address=learner_address, actor_addresses=actors, **kwargs)
     return config.validate(), job_name, task
@@ -341,15 +343,15 @@ class ExperimentConfig:
 
     def validate(self) -> 'ExperimentConfig':
         if not self.logdir:
-            raise ValueError('logdir must not be empty')
+            raise UsageError('logdir must not be empty')
         if self.mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+            raise UsageError(f'mode must be one of {MODES}, got {self.mode!r}')
         if self.job_name not in JOB_NAMES:
-            raise ValueError(f'job_name must be one of {JOB_NAMES}, got {self.job_name!r}')
+            raise UsageError(f'job_name must be one of {JOB_NAMES}, got {self.job_name!r}')
         if not self.level_name:
-            raise ValueError('level_name must not be empty')
+            raise UsageError('level_name must not be empty')
         if self.network not in TORSOS:
-            raise ValueError(f'network must be one of {TORSOS}, got {self.network!r}')
+            raise UsageError(f'network must be one of {TORSOS}, got {self.network!r}')
         _positive('num_actors', self.num_actors)
         _positive('test_num_episodes', self.test_num_episodes)
         _positive('save_checkpoint_secs', self.save_checkpoint_secs)
@@ -358,12 +360,12 @@ class ExperimentConfig:
         _positive('max_checkpoints_to_keep', self.max_checkpoints_to_keep)
         _non_negative('inference_timeout_ms', self.inference_timeout_ms)
         if self.environment.num_action_repeats != self.learner.num_action_repeats:
-            raise ValueError(
+            raise UsageError(
                 'num_action_repeats differs between the environment and learner configs: '
                 f'{self.environment.num_action_repeats} vs {self.learner.num_action_repeats}'
             )
         if self.task >= 0 and self.job_name == 'learner' and self.task != 0:
-            raise ValueError(f'the learner job has one task, 0; got task {self.task}')
+            raise UsageError(f'the learner job has one task, 0; got task {self.task}')
         self.environment.validate()
         self.learner.validate()
         self.cluster.validate()

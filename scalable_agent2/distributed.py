@@ -45,7 +45,11 @@ Limits of TF's runtime that shape the fault handling:
   is configurable. The runtime is unauthenticated: run it on a trusted network only.
 * TF waits forever for an unreachable peer, so actors first probe the learner's port (TCP
   connect, back-off, a log line while waiting) and give up with `LearnerUnreachableError`
-  after `connect_timeout_secs`.
+  after `connect_timeout_secs`. They then greet it as an HTTP/2 client (what gRPC runs on): a
+  TF server answers with its SETTINGS frame at once, while another service at that address
+  (a web server, a raw TCP service that closes or sends something else) is refused with one
+  `NotATensorFlowServerError` line naming the learner address, instead of TF's wait or
+  gRPC's log text.
 * A process cannot reconnect its eager context after the learner restarts (its own server
   cannot be started twice). An actor that loses the learner raises `LearnerLostError`; the
   command exits with `EXIT_LEARNER_LOST` and the launch scripts' supervisor loop restarts it,
@@ -54,6 +58,8 @@ Limits of TF's runtime that shape the fault handling:
   see `QueueClosedError` and exit 0.
 """
 
+import contextlib
+import logging as std_logging
 import socket
 import threading
 import time
@@ -67,6 +73,7 @@ from tensorflow.python.eager import context
 from tensorflow.python.ops import gen_data_flow_ops, gen_resource_variable_ops
 
 from scalable_agent2.config import ClusterConfig, parse_address
+from scalable_agent2.errors import UsageError
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
 
 LEARNER_JOB = 'learner'
@@ -76,10 +83,21 @@ LEARNER_DEVICE = f'/job:{LEARNER_JOB}/replica:0/task:0/device:CPU:0'
 EXIT_LEARNER_LOST = 75  # EX_TEMPFAIL
 _QUEUE_NAME = 'impala_unrolls'
 _PARAMETERS_NAME = 'impala_parameters'
+# An HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+_HTTP2_CLIENT_GREETING = (
+    b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + b'\x00\x00\x00\x04\x00\x00\x00\x00\x00'
+)
+_HTTP2_SETTINGS = 4  # Frame type of SETTINGS, the first frame every HTTP/2 server sends.
+_GREETING_SECS = 10.0  # How long one greeting waits for the server's first frame.
+_GREETING_CLOSED_TRIES = 3  # Greetings closed without a word before giving up.
 
 
-class LearnerUnreachableError(ConnectionError):
-    """The learner did not answer within the configured time."""
+class LearnerUnreachableError(ConnectionError, UsageError):
+    """The learner did not answer within the configured time (wrong address, not started)."""
+
+
+class NotATensorFlowServerError(LearnerUnreachableError):
+    """Something other than a TensorFlow (gRPC) server answers at the learner address."""
 
 
 class LearnerLostError(ConnectionError):
@@ -94,11 +112,29 @@ class QueueClosedError(RuntimeError):
 # Servers and connections.
 
 
-def _server_error(address: str, e: Exception) -> ValueError:
-    return ValueError(
+def _server_error(address: str, e: Exception) -> UsageError:
+    return UsageError(
         f'cannot start a TF gRPC server on port {parse_address(address)[1]} ({address}); '
         f'is the port in use? ({str(e).splitlines()[0]})'
     )
+
+
+class _DropSessionConfigDump(std_logging.Filter):
+    """Drops TF's 20-line 'default session config' INFO dump on connecting to a cluster."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith('default session config')
+
+
+@contextlib.contextmanager
+def _quiet_connect():
+    quiet = _DropSessionConfigDump()
+    logger = logging.get_absl_logger()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def start_learner_server(cluster: ClusterConfig) -> None:
@@ -108,7 +144,8 @@ def start_learner_server(cluster: ClusterConfig) -> None:
     """
     cluster.validate()
     spec = tf.train.ClusterSpec({LEARNER_JOB: [cluster.learner_address]})
-    tf.config.experimental_connect_to_cluster(spec, job_name=LEARNER_JOB, task_index=0)
+    with _quiet_connect():
+        tf.config.experimental_connect_to_cluster(spec, job_name=LEARNER_JOB, task_index=0)
     try:
         context.context().ensure_initialized()
     except tf.errors.OpError as e:
@@ -150,6 +187,105 @@ def wait_for_port(address: str, timeout_secs: float, what: str = 'learner') -> f
         delay = min(delay * 2.0, 2.0)
 
 
+def _describe_reply(data: bytes) -> str:
+    """A short, printable account of what a non-HTTP/2 service sent back."""
+    if data.startswith(b'HTTP/'):
+        status = data.split(b'\r\n', 1)[0].split(b'\n', 1)[0][:80]
+        return f'it replied as an HTTP/1 server ({status.decode("latin-1")!r})'
+    if data.lstrip()[:9].lower() == b'<!doctype' or b'<html' in data[:200].lower():
+        return 'it replied with an HTML page (a web server?)'
+    return f'it sent {data[:32]!r}'
+
+
+def http2_greeting(address: str, timeout_secs: float = _GREETING_SECS) -> tuple[str, str]:
+    """Greets `address` as an HTTP/2 client (gRPC runs on HTTP/2) and reads the first frame.
+
+    Returns:
+      (verdict, detail): ('http2', '') when a SETTINGS frame came back (as from any gRPC
+      server, TF's included); ('other', what came) when bytes that are not HTTP/2 came;
+      ('closed', how) when the connection closed or reset without a byte; ('silent', '')
+      when nothing came within `timeout_secs`; ('refused', why) when no connection could be
+      made.
+    """
+    host, port = parse_address(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_secs)
+    except OSError as e:
+        return 'refused', str(e)
+    data = b''
+    try:
+        with sock:
+            sock.settimeout(timeout_secs)
+            try:
+                sock.sendall(_HTTP2_CLIENT_GREETING)
+            except OSError:
+                pass  # Closed on us: whatever it sent (if anything) is still readable.
+            deadline = time.monotonic() + timeout_secs
+            while len(data) < 9:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except TimeoutError:
+        if not data:
+            return 'silent', ''
+    except OSError as e:
+        if not data:
+            return 'closed', f'it reset the connection without a word ({e.strerror or e})'
+    if not data:
+        return 'closed', 'it closed the connection without a word'
+    if len(data) >= 9:
+        length = int.from_bytes(data[:3], 'big')
+        stream = int.from_bytes(data[5:9], 'big') & 0x7FFFFFFF
+        if data[3] == _HTTP2_SETTINGS and stream == 0 and length % 6 == 0:
+            return 'http2', ''
+    return 'other', _describe_reply(data)
+
+
+def check_learner_speaks_grpc(address: str, timeout_secs: float) -> None:
+    """Raises `NotATensorFlowServerError` unless the service at `address` speaks HTTP/2.
+
+    A gRPC server (TF's) sends its SETTINGS frame as soon as a client greets it, so anything
+    else is a wrong address: bytes that are not HTTP/2 fail at once; a connection closed
+    without a word fails after `_GREETING_CLOSED_TRIES` greetings (a learner that is being
+    restarted may drop one). A service that stays silent is left to TF's own (bounded) wait.
+    A refused connection (the learner went away since the port answered) waits for the port
+    again, up to `timeout_secs` in all.
+    """
+    deadline = time.monotonic() + timeout_secs
+    closed = 0
+    hint = 'check --learner_address (or TF_CONFIG) and that the learner job runs there'
+    while True:
+        left = deadline - time.monotonic()
+        verdict, detail = http2_greeting(address, max(0.1, min(_GREETING_SECS, left)))
+        if verdict == 'http2':
+            return
+        if verdict == 'silent':
+            logging.warning(
+                'The learner at %s accepted a connection but sent no HTTP/2 greeting within '
+                '%.0fs; trying to connect anyway.',
+                address,
+                min(_GREETING_SECS, left),
+            )
+            return
+        if verdict == 'other':
+            raise NotATensorFlowServerError(
+                f'the learner address {address} answers, but not as a TensorFlow server: '
+                f'{detail}; {hint}'
+            )
+        if verdict == 'refused':
+            wait_for_port(address, max(0.0, deadline - time.monotonic()))
+            continue
+        closed += 1
+        if closed >= _GREETING_CLOSED_TRIES or time.monotonic() >= deadline:
+            raise NotATensorFlowServerError(
+                f'the learner address {address} answers, but not as a TensorFlow server: '
+                f'{detail} ({closed} tries); {hint}'
+            )
+        time.sleep(min(0.5 * closed, max(0.0, deadline - time.monotonic())))
+
+
 def _run_bounded(fn: Any, timeout_secs: float, on_timeout: Exception) -> Any:
     """Runs `fn()` in a daemon thread; raises `on_timeout` if it takes longer than allowed."""
     result: dict[str, Any] = {}
@@ -177,11 +313,15 @@ def connect_actor(cluster: ClusterConfig, task: int) -> None:
 
     Raises:
       LearnerUnreachableError: the learner did not answer in time.
-      ValueError: this actor's port cannot be bound.
+      NotATensorFlowServerError: another service answers at the learner address.
+      UsageError: this actor's port cannot be bound.
     """
     cluster.validate()
     start = time.monotonic()
     wait_for_port(cluster.learner_address, cluster.connect_timeout_secs)
+    check_learner_speaks_grpc(
+        cluster.learner_address, cluster.connect_timeout_secs - (time.monotonic() - start)
+    )
     address = cluster.actor_address(task)
     spec = tf.train.ClusterSpec(
         {LEARNER_JOB: [cluster.learner_address], ACTOR_JOB: {task: address}}
@@ -190,9 +330,10 @@ def connect_actor(cluster: ClusterConfig, task: int) -> None:
     filters.set_device_filters(
         ACTOR_JOB, task, [f'/job:{LEARNER_JOB}', f'/job:{ACTOR_JOB}/task:{task}']
     )
-    tf.config.experimental_connect_to_cluster(
-        spec, job_name=ACTOR_JOB, task_index=task, cluster_device_filters=filters
-    )
+    with _quiet_connect():
+        tf.config.experimental_connect_to_cluster(
+            spec, job_name=ACTOR_JOB, task_index=task, cluster_device_filters=filters
+        )
     left = cluster.connect_timeout_secs - (time.monotonic() - start)
     try:
         # TF itself would wait forever for a learner that went away after the port probe.
@@ -310,7 +451,7 @@ class UnrollQueue:
                 # here rather than at some later op.
                 gen_data_flow_ops.queue_size_v2(self._handle).numpy()
         except tf.errors.InvalidArgumentError as e:
-            raise ValueError(
+            raise UsageError(
                 "the learner's unroll queue has another layout than this process's "
                 f'(different level, agent or unroll_length?): {str(e).splitlines()[0]}'
             ) from e
@@ -493,7 +634,7 @@ class ParameterStore:
         try:
             return int(self._read().numpy())
         except tf.errors.InvalidArgumentError as e:
-            raise ValueError(
+            raise UsageError(
                 f"the learner publishes another number of parameters than this actor's agent "
                 f'has ({self._total}); learner and actors must use the same agent flags'
             ) from e

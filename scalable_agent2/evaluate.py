@@ -30,6 +30,7 @@ from scalable_agent2 import (
     summaries,
 )
 from scalable_agent2 import train as train_lib
+from scalable_agent2.errors import UsageError
 
 TEST_RESULTS_FILE = 'test_results.json'
 
@@ -153,7 +154,7 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
                         )
                     try:
                         if int(env.num_actions) != agent_config.num_actions:
-                            raise ValueError(
+                            raise UsageError(
                                 f'level {level} has {env.num_actions} actions, the agent has '
                                 f'{agent_config.num_actions}'
                             )

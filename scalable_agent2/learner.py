@@ -3,6 +3,11 @@
 `Learner.step` is one `tf.function`. String work (instruction hashing) runs in the outer graph;
 everything numeric (agent unroll, V-trace, losses, gradients, TF1 RMSProp, frame counter) runs in
 an inner function that is XLA-compiled (`jit_compile=True`) when `config.use_xla`.
+
+The checkpointed state holds two counters that only applied updates advance:
+`num_environment_frames` (drives the learning-rate decay and the frame budget) and
+`num_learner_steps` (the learner-step count of the logs and the version of the parameters a
+distributed learner publishes), so both continue where they were on resume.
 """
 
 from typing import Any
@@ -10,12 +15,13 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from scalable_agent2 import checkpoints, losses, networks, optimizers, vtrace
 from scalable_agent2 import config as config_lib
-from scalable_agent2 import losses, networks, optimizers, vtrace
+from scalable_agent2.errors import RunAbortedError
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput
 
 
-class DivergenceError(ValueError):
+class DivergenceError(RunAbortedError):
     """A learner step met a non-finite loss or gradient norm (the update was not applied)."""
 
 
@@ -27,6 +33,9 @@ class Learner:
         self._config = config.validate()
         self.num_environment_frames = tf.Variable(
             0, dtype=tf.int64, trainable=False, name='num_environment_frames'
+        )
+        self.num_learner_steps = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name='num_learner_steps'
         )
         self._optimizer = optimizers.RMSProp(
             learning_rate=self.learning_rate,
@@ -60,13 +69,33 @@ class Learner:
         return self._optimizer
 
     @property
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Trackables for `tf.train.Checkpoint(**learner.checkpoint_state)`."""
-        return {
-            'agent': self._agent,
-            'optimizer': self._optimizer,
-            'num_environment_frames': self.num_environment_frames,
-        }
+    def checkpoint_state(self) -> checkpoints.CheckpointState:
+        """Trackables for `tf.train.Checkpoint(**learner.checkpoint_state)` or a `Checkpointer`.
+
+        A checkpoint written before `num_learner_steps` existed restores with the step count
+        derived from its frame count (`frames_per_step`; exact unless the batch size, unroll
+        length or action repeats changed between runs).
+        """
+        return checkpoints.CheckpointState(
+            {
+                'agent': self._agent,
+                'optimizer': self._optimizer,
+                'num_environment_frames': self.num_environment_frames,
+                'num_learner_steps': self.num_learner_steps,
+            },
+            defaults={'num_learner_steps': self._learner_steps_from_frames},
+        )
+
+    @property
+    def frames_per_step(self) -> int:
+        """Environment frames one update on a full batch counts: T * B * action repeats."""
+        c = self._config
+        return c.unroll_length * c.batch_size * c.num_action_repeats
+
+    def _learner_steps_from_frames(self) -> None:
+        steps = int(self.num_environment_frames.numpy()) // self.frames_per_step
+        self.num_learner_steps.assign(steps)
+        logging.info('Learner steps derived from the frame count: %d.', steps)
 
     def learning_rate(self) -> tf.Tensor:
         """float32 scalar: the learning rate decayed linearly by the frame counter."""
@@ -109,8 +138,8 @@ class Learner:
           baseline_loss, entropy_loss (weighted parts of the total), learning_rate (the rate
           used), mean_rho (mean clipped-free importance ratio), grad_norm (global norm before any
           clipping), update_applied (bool: False when the loss or gradient norm was not finite,
-          and then neither the parameters nor the frame counter changed),
-          num_environment_frames (int64, after the update).
+          and then neither the parameters nor the counters changed), num_environment_frames
+          and num_learner_steps (int64, after the update).
         """
         self.build(batch)
         return self._step(batch)
@@ -182,6 +211,7 @@ class Learner:
         def apply():
             self._optimizer.apply(grads, variables)
             self.num_environment_frames.assign_add(frames)
+            self.num_learner_steps.assign_add(1)
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
@@ -194,5 +224,6 @@ class Learner:
             'mean_rho': tf.reduce_mean(tf.exp(vtrace_returns.log_rhos)),
             'grad_norm': grad_norm,
             'num_environment_frames': self.num_environment_frames.read_value(),
+            'num_learner_steps': self.num_learner_steps.read_value(),
             'update_applied': applied,
         }

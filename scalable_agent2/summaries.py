@@ -121,7 +121,8 @@ class TrainingSummaries:
 
     Scalars: `<level>/episode_return`, `<level>/episode_frames` per episode (each also logged
     as a line, as the original); the `action` histogram with the learner metrics; each learner
-    metric under its name; `learning_rate`, `frames_per_second`; for DMLab-30
+    metric under its name; `learning_rate`, `frames_per_second`; `environment_restarts` (the
+    environments recreated since the run started, after their subprocess died); for DMLab-30
     `dmlab30/training_no_cap` and `dmlab30/training_cap_100`, for Atari-57
     `atari57/training_mean` and `atari57/training_median`, written once every level has at least
     one return since the last time (then restarted).
@@ -167,6 +168,16 @@ class TrainingSummaries:
                 value = np.asarray(value)
                 if value.shape == () and value.dtype.kind in 'fiub':
                     write_scalar(name, float(value))
+
+    def add_environment_restarts(self, restarts: int, step: int) -> None:
+        """Writes `environment_restarts`: environments recreated so far in this run.
+
+        Args:
+          restarts: the total over the actors (e.g. `sum(a.restarts for a in actors)`).
+          step: the frame count.
+        """
+        with self._writer.as_default(step=step):
+            write_scalar('environment_restarts', float(restarts))
 
     def flush(self) -> None:
         self._writer.flush()

@@ -35,6 +35,7 @@ from scalable_agent2 import (
     networks,
     summaries,
 )
+from scalable_agent2.errors import UsageError
 from scalable_agent2.types import StepOutput, StepOutputInfo
 
 _POLL_SECS = 0.1
@@ -54,7 +55,7 @@ def prepare_logdir(logdir: str) -> None:
             f.write('ok')
         os.remove(probe)
     except OSError as e:
-        raise ValueError(f'logdir {logdir!r} is not writable: {e.strerror or e}') from e
+        raise UsageError(f'logdir {logdir!r} is not writable: {e.strerror or e}') from e
 
 
 def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConfig:
@@ -65,7 +66,7 @@ def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConf
     """
     frame_shape = tuple(env.observation_spec.frame_shape)
     if cfg.network in ('deep', 'shallow') and len(frame_shape) != 3:
-        raise ValueError(
+        raise UsageError(
             f'--network={cfg.network} needs image frames [H, W, C], but {cfg.level_name} gives '
             f'observations of shape {list(frame_shape)}; use --network=mlp'
         )
@@ -345,7 +346,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         agent_config = agent_config_for(cfg, envs[0])
         for env, level in zip(envs, actor_levels, strict=True):
             if int(env.num_actions) != agent_config.num_actions:
-                raise ValueError(
+                raise UsageError(
                     f'level {level} has {env.num_actions} actions, but {actor_levels[0]} has '
                     f'{agent_config.num_actions}; levels of one run must share the action set'
                 )

@@ -65,3 +65,43 @@ def test_an_intact_checkpoint_of_another_shape_is_still_incompatible(tmp_path):
     other = checkpoints.Checkpointer(str(tmp_path), {'v': w}, {'a': 1})
     with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not match'):
         other.restore_latest()
+
+
+def test_an_object_older_checkpoints_lack_gets_its_default(tmp_path):
+    frames = tf.Variable(np.int64(0))
+    old = checkpoints.Checkpointer(str(tmp_path), {'frames': frames}, {'a': 1})
+    frames.assign(640)
+    old.save(640)  # Written before `steps` was part of the state.
+
+    frames, steps = tf.Variable(np.int64(0)), tf.Variable(np.int64(-1))
+    state = checkpoints.CheckpointState(
+        {'frames': frames, 'steps': steps},
+        defaults={'steps': lambda: steps.assign(frames // 160)},  # Runs after the restore.
+    )
+    new = checkpoints.Checkpointer(str(tmp_path), state, {'a': 1})
+    assert new.restore_latest().endswith('ckpt-640')
+    assert (int(frames.numpy()), int(steps.numpy())) == (640, 4)
+    steps.assign(7)
+    new.save(800)
+    steps.assign(-1)
+    assert new.restore_latest().endswith('ckpt-800')
+    assert int(steps.numpy()) == 7  # Saved now, so restored rather than derived.
+    # A checkpoint holding more than the state (new one, old code) still restores.
+    frames = tf.Variable(np.int64(0))
+    assert checkpoints.Checkpointer(str(tmp_path), {'frames': frames}, {'a': 1}).restore_latest()
+    assert int(frames.numpy()) == 640
+    # An object without a default must still be in the checkpoint.
+    other = checkpoints.Checkpointer(
+        str(tmp_path), {'frames': tf.Variable(np.int64(0)), 'x': tf.Variable(1.0)}, {'a': 1}
+    )
+    other.save(900)
+    lacking = checkpoints.Checkpointer(
+        str(tmp_path), {'frames': frames, 'y': tf.Variable(1.0)}, {'a': 1}
+    )
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not match'):
+        lacking.restore_latest()
+
+
+def test_checkpoint_state_refuses_defaults_for_unknown_objects():
+    with pytest.raises(ValueError, match='not in the state'):
+        checkpoints.CheckpointState({'a': tf.Variable(1.0)}, defaults={'b': lambda: None})

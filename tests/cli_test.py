@@ -280,3 +280,204 @@ def test_ctrl_c_while_tensorflow_imports_exits_quietly(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == cli.EXIT_INTERRUPTED, stderr[-2000:]
     assert 'Traceback' not in stderr and stderr.strip().splitlines()[-1] == 'interrupted'
+
+
+# --------------------------------------------------------------------------------------------
+# User mistakes vs bugs; a logdir left by a failed set-up; an environment killed mid-run.
+
+
+def _main_with(monkeypatch, tmp_path, error, **cfg_fields):
+    """Runs `cli._main` with a config for `tmp_path`/new and a `run` that raises `error`."""
+    cfg = config.ExperimentConfig(logdir=str(tmp_path / 'new' / 'logdir'), **cfg_fields)
+
+    def run(cfg):
+        os.makedirs(cfg.logdir)  # As training's set-up does before it fails.
+        raise error
+
+    monkeypatch.setattr(cli, 'experiment_config', lambda fv: cfg)
+    monkeypatch.setattr(cli, 'run', run)
+    cli._main(['experiment.py'])  # noqa: SLF001
+
+
+def test_usage_errors_are_one_line_and_other_errors_propagate(monkeypatch, tmp_path, capsys):
+    from scalable_agent2 import errors
+
+    with pytest.raises(SystemExit) as exit_info:
+        _main_with(monkeypatch, tmp_path, errors.UsageError('unknown level\nmore detail'))
+    assert exit_info.value.code == cli.EXIT_USAGE
+    assert capsys.readouterr().err == 'error: unknown level\n'
+    # A diagnosed stop wrapped by the thread machinery: its own line, exit status 1.
+    try:
+        raise errors.RunAbortedError('the environment of lvl died 6 times in 600 s')
+    except errors.RunAbortedError as e:
+        wrapped = RuntimeError(f'a training thread failed: {e!r}')
+        wrapped.__cause__ = e
+    with pytest.raises(SystemExit) as exit_info:
+        _main_with(monkeypatch, tmp_path, wrapped)
+    assert exit_info.value.code == errors.EXIT_ABORTED
+    assert capsys.readouterr().err == 'error: the environment of lvl died 6 times in 600 s\n'
+    # A bug, even a ValueError, is not turned into one line.
+    shape_error = ValueError('Shapes (2, 3) and (3,) are incompatible')
+    with pytest.raises(ValueError, match='incompatible'):
+        _main_with(monkeypatch, tmp_path, shape_error)
+    # Each failed set-up removed the logdir it created, and its new parent.
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_run_keeps_an_existing_or_non_empty_logdir(monkeypatch, tmp_path):
+    from scalable_agent2 import errors
+
+    existing = tmp_path / 'new' / 'logdir'
+    existing.mkdir(parents=True)
+    cfg = config.ExperimentConfig(logdir=str(existing))
+    monkeypatch.setattr(cli, 'experiment_config', lambda fv: cfg)
+
+    def fail(cfg):
+        raise errors.UsageError('bad')
+
+    monkeypatch.setattr(cli, 'run', fail)
+    with pytest.raises(SystemExit):
+        cli._main(['experiment.py'])  # noqa: SLF001
+    assert existing.is_dir()  # It was there before.
+    existing.rmdir()
+
+    def fail_after_writing(cfg):
+        os.makedirs(cfg.logdir)
+        (existing / 'ckpt-1.index').write_text('')
+        raise errors.RunAbortedError('diverged')
+
+    monkeypatch.setattr(cli, 'run', fail_after_writing)
+    with pytest.raises(SystemExit):
+        cli._main(['experiment.py'])  # noqa: SLF001
+    assert (existing / 'ckpt-1.index').exists()  # Not empty: kept.
+    # An actor does not own the logdir (the learner on its machine may have just made it).
+    (existing / 'ckpt-1.index').unlink()
+    existing.rmdir()
+    with pytest.raises(SystemExit):
+        _main_with(
+            monkeypatch,
+            tmp_path,
+            errors.UsageError('no learner'),
+            task=0,
+            job_name='actor',
+        )
+    assert existing.is_dir()
+
+
+_RAISING_CLI = (
+    'import sys\n'
+    'from scalable_agent2 import cli, errors\n'
+    'def run(cfg):\n'
+    '    raise {error}\n'
+    'cli.run = run\n'
+    'cli.main(sys.argv)\n'
+)
+
+
+def test_cli_process_prints_one_line_for_usage_errors_and_a_traceback_for_bugs(tmp_path):
+    def run_raising(error):
+        return subprocess.run(
+            [sys.executable, '-c', _RAISING_CLI.format(error=error), f'--logdir={tmp_path}/x'],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+
+    assert_one_line_error(run_raising("errors.UsageError('no such level: foo')"), 'no such level')
+    proc = run_raising("ValueError('Shapes (2, 3) and (3,) are incompatible')")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'Traceback' in proc.stderr and 'are incompatible' in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    proc = run_raising("errors.RunAbortedError('non-finite loss at learner step 7')")
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == 'error: non-finite loss at learner step 7'
+    assert not os.path.exists(tmp_path / 'x')
+
+
+def test_cli_unknown_level_leaves_no_new_logdir(tmp_path):
+    logdir = tmp_path / 'runs' / 'cartpole'
+    assert_one_line_error(
+        run_cli('--level_name=gym/NoSuchEnv-v0', '--network=mlp', f'--logdir={logdir}'),
+        'NoSuchEnv',
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def _children(pid):
+    """Process ids whose parent is `pid` (from /proc)."""
+    out = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    # Field 4 is the parent id; the name (field 2) may hold spaces.
+                    if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _environment_pids(trainer_pid):
+    """The environment subprocesses of a training process (children of its forkserver)."""
+    pids = []
+    for child in _children(trainer_pid):
+        try:
+            with open(f'/proc/{child}/cmdline', 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b'forkserver' in cmdline:
+            pids.extend(_children(child))
+    return pids
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_of_an_environment_mid_run_is_recreated_and_training_finishes(tmp_path):
+    import re
+    import signal
+    import time
+
+    total = 16_000  # 100 learner steps of 4 unrolls x 40 frames.
+    logdir = tmp_path / 'logdir'
+    log_path = tmp_path / 'stderr.txt'
+    args = [
+        '--level_name=gym/CartPole-v1',
+        '--network=mlp',
+        '--num_actors=4',
+        '--batch_size=4',
+        '--unroll_length=40',
+        '--nouse_xla',
+        '--log_interval_secs=1',
+        f'--total_environment_frames={total}',
+        f'--logdir={logdir}',
+    ]
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(
+            [sys.executable, EXPERIMENT, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while 'learner steps' not in log_path.read_text():  # Training has begun.
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, 'training did not start in time'
+                time.sleep(0.2)
+            victims = _environment_pids(proc.pid)
+            assert len(victims) == 4, victims
+            os.kill(victims[0], signal.SIGKILL)
+            assert proc.wait(timeout=240) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text()
+    assert re.search(r'Environment of gym/CartPole-v1 died .*recreating it \(restart 1\)', text)
+    assert 'exit code -9' in text
+    stopped = re.search(r'Training stopped at (\d+) environment frames', text)
+    assert stopped and int(stopped.group(1)) >= total, text[-3000:]

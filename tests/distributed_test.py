@@ -647,3 +647,117 @@ def test_cli_actor_without_a_learner_is_a_one_line_error(tmp_path):
     assert len(errors) == 1, proc.stderr[-2000:]
     assert f'localhost:{port} unreachable after 1.' in errors[0]
     assert 'Traceback' not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Something other than a TF server at the learner address.
+
+
+class _FakeService:
+    """A loopback TCP service that closes at once, sends garbage, or says nothing."""
+
+    def __init__(self, mode: str):
+        import threading
+
+        self._mode = mode
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(('localhost', 0))
+        self._server.listen(8)
+        self.address = f'localhost:{self._server.getsockname()[1]}'
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            if self._mode == 'garbage':
+                conn.sendall(b'220 smtp.example ESMTP ready\r\n')
+                conn.close()
+            elif self._mode == 'close':
+                conn.close()
+            else:
+                self._held.append(conn)
+
+    def close(self):
+        self._server.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def http_server():
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(('localhost', 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f'localhost:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http2_greeting_tells_other_services_apart(http_server):
+    verdict, detail = distributed.http2_greeting(http_server)
+    assert verdict == 'other' and re.search('HTTP|HTML', detail), detail
+    for mode, expected in [('garbage', 'other'), ('close', 'closed'), ('silent', 'silent')]:
+        service = _FakeService(mode)
+        try:
+            verdict, detail = distributed.http2_greeting(service.address, timeout_secs=1.0)
+        finally:
+            service.close()
+        assert verdict == expected, (mode, verdict, detail)
+    assert distributed.http2_greeting(f'localhost:{_free_port()}')[0] == 'refused'
+
+
+def test_actor_names_the_learner_address_when_another_service_answers(http_server):
+    cluster = config.ClusterConfig(
+        learner_address=http_server,
+        actor_addresses=(f'localhost:{_free_port()}',),
+        connect_timeout_secs=60,
+    )
+    start = time.monotonic()
+    with pytest.raises(distributed.NotATensorFlowServerError) as info:
+        distributed.connect_actor(cluster, 0)  # Fails before TF connects to anything.
+    message = str(info.value)
+    assert f'learner address {http_server} answers, but not as a TensorFlow server' in message
+    assert '\n' not in message and re.search('HTTP|HTML', message)
+    assert time.monotonic() - start < 10
+    service = _FakeService('close')
+    try:
+        with pytest.raises(distributed.NotATensorFlowServerError, match='without a word'):
+            distributed.check_learner_speaks_grpc(service.address, timeout_secs=30)
+    finally:
+        service.close()
+
+
+def test_cli_actor_facing_a_web_server_is_one_line_naming_the_learner(http_server, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'experiments', 'experiment.py'),
+            '--job_name=actor',
+            '--task=0',
+            f'--learner_address={http_server}',
+            f'--actor_addresses=localhost:{_free_port()}',
+            '--connect_timeout_secs=600',
+            '--level_name=gym/CartPole-v1',
+            '--network=mlp',
+            f'--logdir={tmp_path}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,  # Far less than connect_timeout_secs: the greeting fails at once.
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert f'learner address {http_server} answers, but not as a TensorFlow server' in errors[0]
+    assert 'Traceback' not in proc.stderr and 'default session config' not in proc.stderr

@@ -401,3 +401,39 @@ def test_a_non_finite_step_is_not_applied():
     for b, v in zip(before, agent.trainable_variables, strict=True):
         np.testing.assert_array_equal(b, v.numpy())
     assert bool(the_learner.step(good)['update_applied'])  # Training can go on.
+
+
+def test_learner_steps_count_applied_updates_and_persist_over_resume(tmp_path):
+    from scalable_agent2 import checkpoints
+
+    spec = {'torso': 'mlp'}
+    first = _make('mlp', use_xla=False)
+    good = _batch('mlp', seed=1)
+    for _ in range(3):
+        metrics = first.step(good)
+    assert int(metrics['num_learner_steps']) == int(first.num_learner_steps.numpy()) == 3
+    bad = good._replace(env_outputs=good.env_outputs._replace(reward=tf.fill([T + 1, B], np.nan)))
+    assert int(first.step(bad)['num_learner_steps']) == 3  # Not applied, not counted.
+    assert first.frames_per_step == T * B * REPEATS
+    ckpt = checkpoints.Checkpointer(str(tmp_path / 'new'), first.checkpoint_state, spec)
+    ckpt.save(int(first.num_environment_frames.numpy()))
+
+    resumed = _make('mlp', use_xla=False)
+    resumed.step(good)  # Builds the variables (as an actor step does in training).
+    checkpoints.Checkpointer(str(tmp_path / 'new'), resumed.checkpoint_state, spec).restore_latest()
+    assert int(resumed.num_learner_steps.numpy()) == 3
+    assert int(resumed.step(good)['num_learner_steps']) == 4  # Continues, not from 1.
+
+    # A checkpoint of a version without the counter: steps derived from the frame count.
+    old_state = dict(first.checkpoint_state)
+    del old_state['num_learner_steps']
+    old_dir = tmp_path / 'old'
+    checkpoints.Checkpointer(str(old_dir), old_state, spec).save(3 * T * B * REPEATS)
+    assert 'num_learner_steps' not in checkpoints.saved_object_names(
+        tf.train.latest_checkpoint(str(old_dir))
+    )
+    from_old = _make('mlp', use_xla=False)
+    from_old.step(good)
+    checkpoints.Checkpointer(str(old_dir), from_old.checkpoint_state, spec).restore_latest()
+    assert int(from_old.num_environment_frames.numpy()) == 3 * T * B * REPEATS
+    assert int(from_old.num_learner_steps.numpy()) == 3

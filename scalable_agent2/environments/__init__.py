@@ -18,6 +18,7 @@ import numpy as np
 from scalable_agent2 import config as config_lib
 from scalable_agent2 import py_process
 from scalable_agent2.environments.base import FlowEnvironment, ObservationSpec
+from scalable_agent2.errors import UsageError
 from scalable_agent2.types import StepOutput, StepOutputInfo, game_over_or_done
 
 GYM_PREFIX = 'gym/'
@@ -54,9 +55,9 @@ def _suite_of(level_name: str) -> tuple[str, str]:
       ValueError: empty names, suite names, unknown Gymnasium ids or Atari games.
     """
     if not level_name:
-        raise ValueError('level_name is empty: use gym/<EnvId>, atari/<Game> or a DMLab level')
+        raise UsageError('level_name is empty: use gym/<EnvId>, atari/<Game> or a DMLab level')
     if level_name in SUITES:
-        raise ValueError(
+        raise UsageError(
             f'{level_name!r} is a suite, not a level: expand it with expand_level_names()'
         )
     if level_name.startswith(GYM_PREFIX):

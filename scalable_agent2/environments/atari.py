@@ -27,6 +27,7 @@ import numpy as np
 
 from scalable_agent2 import config as config_lib
 from scalable_agent2.environments.base import Observation, ObservationSpec
+from scalable_agent2.errors import UsageError
 
 
 def _squash(name: str) -> str:
@@ -54,7 +55,7 @@ def rom_id(game: str) -> str:
     """
     rom = _rom_ids().get(_squash(game))
     if rom is None:
-        raise ValueError(
+        raise UsageError(
             f'Unknown Atari game {game!r}. Atari-57 games: {", ".join(atari57_games())} '
             '(any ROM id shipped with ale-py also works).'
         )

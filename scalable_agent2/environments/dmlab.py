@@ -14,6 +14,7 @@ from absl import logging
 
 from scalable_agent2 import config as config_lib
 from scalable_agent2.environments import base
+from scalable_agent2.errors import UsageError
 from scalable_agent2.scoring import dmlab30
 
 # The original's 9 actions, in its order. Each is DeepMind Lab's 7-int action:
@@ -41,7 +42,7 @@ _NOT_INSTALLED_MESSAGE = (
 )
 
 
-class DeepMindLabNotInstalledError(ImportError, ValueError):
+class DeepMindLabNotInstalledError(ImportError, UsageError):
     """`deepmind_lab` cannot be imported. Also a `ValueError`, like other set-up mistakes."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from scalable_agent2 import config as config_lib
 from scalable_agent2.environments.base import Observation, ObservationSpec
+from scalable_agent2.errors import UsageError
 
 # Gymnasium 1.x lists the ALE ids (e.g. `gym/ALE/Pong-v5`, raw frames) only once registered.
 gymnasium.register_envs(ale_py)
@@ -31,7 +32,7 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gymnasium.registry:
         close = sorted(k for k in gymnasium.registry if env_id.split('-')[0].lower() in k.lower())
         hint = f' Similar ids: {close[:10]}.' if close else ''
-        raise ValueError(
+        raise UsageError(
             f'Unknown Gymnasium env id {env_id!r}.{hint} Registered ids are the keys of '
             '`gymnasium.registry` (e.g. CartPole-v1, Acrobot-v1, MountainCar-v0); use '
             '`module:EnvId` to import a package that registers more.'
@@ -57,7 +58,7 @@ def _frame_converter(space: gymnasium.Space):
             return frame
 
         return ObservationSpec((n,), 'float32', False), one_hot
-    raise ValueError(
+    raise UsageError(
         f'Unsupported Gymnasium observation space {space}: use a Box (vector or uint8 image) '
         'or Discrete observation space.'
     )
@@ -84,7 +85,7 @@ class GymEnvironment:
         action_space = self._env.action_space
         if not isinstance(action_space, gymnasium.spaces.Discrete):
             self._env.close()
-            raise ValueError(
+            raise UsageError(
                 f'Gymnasium env {env_id!r} has action space {action_space}; only Discrete '
                 'action spaces are supported (IMPALA samples from a categorical policy).'
             )
