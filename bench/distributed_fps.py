@@ -1,8 +1,13 @@
 """Frames/s of distributed mode (1 learner + N actor processes on localhost) beside single-machine
 mode with N actor threads, on atari/Pong with the shallow network, in one run.
 
-    python bench/distributed_fps.py [--actors=2,4,8] [--batch_size=4] [--warmup_secs=60]
-        [--window_secs=60]
+    python bench/distributed_fps.py [--actors=2,4,8] [--envs_per_actor=1] [--batch_size=4]
+        [--single_threads=0] [--warmup_secs=60] [--window_secs=60]
+
+With `--envs_per_actor=E` each of the N actor processes hosts E environments, and single-machine
+mode runs N*E environments on `--single_threads` actor threads (0: N), so that both modes step
+the same number of environments (the issue's check: 2 actor processes x 16 environments against
+32 environments on one machine).
 
 Both modes use the same settings (T=100, 4 action repeats, XLA off as in bench/train_fps.py,
 batch `--batch_size`). Distributed mode runs `distributed_train.train_learner` and N
@@ -51,6 +56,7 @@ def _config(args: argparse.Namespace, job_name: str, task: int):
         network='shallow',
         task=task,
         job_name=job_name,
+        envs_per_actor=args.envs_per_actor,
         log_interval_secs=1.0,
         save_checkpoint_secs=1e6,
         environment=config.EnvironmentConfig(num_action_repeats=REPEATS),
@@ -140,6 +146,7 @@ def run_distributed(num_actors: int, args: argparse.Namespace, tmp: str) -> dict
     logdir = os.path.join(tmp, f'dist{num_actors}')
     base = [sys.executable, os.path.abspath(__file__), f'--logdir={logdir}']
     base += [f'--learner_port={learner_port}', f'--batch_size={args.batch_size}']
+    base += [f'--envs_per_actor={args.envs_per_actor}']
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
     learner = subprocess.Popen(
         [*base, '--role=learner', f'--port={learner_port}'],
@@ -194,12 +201,14 @@ def run_distributed(num_actors: int, args: argparse.Namespace, tmp: str) -> dict
 
 def run_single(num_actors: int, args: argparse.Namespace, tmp: str) -> dict:
     logdir = os.path.join(tmp, f'single{num_actors}')
+    num_envs = num_actors * args.envs_per_actor
     cmd = [
         sys.executable,
         EXPERIMENT,
         f'--level_name={LEVEL}',
         '--network=shallow',
-        f'--num_actors={num_actors}',
+        f'--num_actors={num_envs}',
+        f'--num_actor_threads={min(num_envs, args.single_threads or num_actors)}',
         f'--batch_size={args.batch_size}',
         f'--unroll_length={UNROLL}',
         f'--num_action_repeats={REPEATS}',
@@ -227,6 +236,8 @@ def run_single(num_actors: int, args: argparse.Namespace, tmp: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument('--actors', default='2,4,8')
+    parser.add_argument('--envs_per_actor', type=int, default=1)
+    parser.add_argument('--single_threads', type=int, default=0, help='0: as many as actors')
     parser.add_argument('--batch_size', type=int, default=4)
     parser.add_argument('--warmup_secs', type=float, default=60.0)
     parser.add_argument('--window_secs', type=float, default=60.0)
@@ -246,7 +257,8 @@ def main() -> None:
         os._exit(code)  # Skips TF's teardown of remote contexts.
 
     print(
-        f'{LEVEL}, shallow net, T={UNROLL}, batch {args.batch_size}, XLA off; '
+        f'{LEVEL}, shallow net, T={UNROLL}, batch {args.batch_size}, XLA off, '
+        f'{args.envs_per_actor} environments per actor process; '
         f'warm-up {args.warmup_secs:g}s, window {args.window_secs:g}s; {os.cpu_count()} CPUs'
     )
     header = (

@@ -1,19 +1,87 @@
-"""Frozen configuration dataclasses with validation.
+"""Frozen configuration dataclasses with validation, and the command-line flag of each field.
 
 Library code takes these (or explicit arguments); only `cli.py` reads flags and builds them.
 Every `validate()` raises `UsageError` (a `ValueError`) naming the bad field in one line.
+
+A field that the command line sets carries a `Flag` in its metadata (`flag_field(...)`): its help
+text and, where needed, a flag name, default, choices or conversion that differ from the field's.
+`cli.py` defines the flags and builds the configs from these, so a new flag is one field here
+(plus its row in the flag table of docs/USAGE.md).
 """
 
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from scalable_agent2.errors import UsageError
 
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 TORSOS = ('deep', 'shallow', 'mlp')
+MODES = ('train', 'test')
+JOB_NAMES = ('learner', 'actor')
+
+FLAG_METADATA_KEY = 'flag'
+_SAME_AS_FIELD = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How the command line sets one config field (read by `cli.py`).
+
+    The flag's type follows the field's: int, float, str, bool (`X | None` fields give flags of
+    X that may be unset); a `tuple[str, ...]` field is a comma-separated string flag.
+
+    Attributes:
+      help: the flag's help text; None for a field that reads a flag another field defines.
+      name: the flag's name; None: the field's name. Fields of several configs may share one
+        flag (`num_action_repeats` sets the environment's and the learner's).
+      default: the flag's default where it differs from the field's (e.g. 0.0 for a None
+        `max_grad_norm`).
+      choices: an enum flag's values.
+      allow_exponent: an integer flag that also accepts whole numbers written as '1e9'.
+      to_config: `(flag value, {flag name: value})` -> field value, where it is not the value
+        itself; the mapping gives every flag's value, for fields that depend on others.
+    """
+
+    help: str | None
+    name: str | None = None
+    default: Any = _SAME_AS_FIELD
+    choices: tuple[str, ...] | None = None
+    allow_exponent: bool = False
+    to_config: Callable[[Any, Mapping[str, Any]], Any] | None = None
+
+    def flag_name(self, field: dataclasses.Field) -> str:
+        return self.name or field.name
+
+    def flag_default(self, field: dataclasses.Field) -> Any:
+        """The flag's default: `default` if given, else the field's (a tuple joined by ',')."""
+        if self.default is not _SAME_AS_FIELD:
+            return self.default
+        if field.default is dataclasses.MISSING:
+            raise ValueError(f'field {field.name} has a flag but no default')
+        if isinstance(field.default, tuple):
+            return ','.join(field.default)
+        return field.default
+
+    def field_value(self, value: Any, flag_values: Mapping[str, Any]) -> Any:
+        """The field's value for the flag's `value`."""
+        if self.to_config is not None:
+            return self.to_config(value, flag_values)
+        return value
+
+
+def flag_field(field_default: Any, help_text: str | None, /, **flag: Any) -> Any:
+    """A dataclass field (with its default) that the command line sets (see `Flag`)."""
+    return dataclasses.field(
+        default=field_default, metadata={FLAG_METADATA_KEY: Flag(help_text, **flag)}
+    )
+
+
+def field_flag(field: dataclasses.Field) -> Flag | None:
+    """The `Flag` of a dataclass field, or None when the command line does not set it."""
+    return field.metadata.get(FLAG_METADATA_KEY)
 
 
 def _positive(name: str, value: float) -> None:
@@ -45,18 +113,36 @@ class EnvironmentConfig:
         False (default) gives each game its minimal action set, as the paper's experts.
     """
 
-    width: int = 96
-    height: int = 72
-    num_action_repeats: int = 4
-    dataset_path: str = ''
-    level_cache_dir: str | None = None
-    atari_frame_size: int = 84
-    atari_frame_stack: int = 4
-    atari_noop_max: int = 30
-    atari_sticky_action_prob: float = 0.0
-    atari_max_episode_frames: int = 108_000
-    atari_terminal_on_life_loss: bool = True
-    atari_full_action_space: bool = False
+    width: int = flag_field(96, 'Width of observation.')
+    height: int = flag_field(72, 'Height of observation.')
+    num_action_repeats: int = flag_field(4, None)  # The flag is LearnerConfig's.
+    dataset_path: str = flag_field(
+        '',
+        'Path to dataset needed for psychlab_*, see '
+        'https://github.com/deepmind/lab/tree/master/data/brady_konkle_oliva2008',
+    )
+    level_cache_dir: str | None = flag_field(None, 'Optional DeepMind Lab level cache directory.')
+    atari_frame_size: int = flag_field(84, 'Side of the square grayscale Atari frame.')
+    atari_frame_stack: int = flag_field(4, 'Stacked Atari frames.')
+    atari_noop_max: int = flag_field(
+        30, 'Up to this many no-op actions at the start of an Atari episode.'
+    )
+    atari_sticky_action_prob: float = flag_field(
+        0.0, 'ALE repeat_action_probability (0 as in IMPALA; 0.25 for Machado et al. 2018).'
+    )
+    atari_max_episode_frames: int = flag_field(
+        108_000, 'Cap on an Atari episode, in frames (108000 = 30 minutes).'
+    )
+    atari_terminal_on_life_loss: bool = flag_field(
+        True, 'End Atari training episodes on life loss (never in test mode).'
+    )
+    atari_full_action_space: bool = flag_field(
+        False,
+        "Use all 18 Atari actions for every game. Default: on for 'atari57' (one agent plays "
+        "every game), off for a single game (its minimal action set, as the paper's experts).",
+        default=None,
+        to_config=lambda value, flags: flags['level_name'] == 'atari57' if value is None else value,
+    )
 
     def validate(self) -> 'EnvironmentConfig':
         _positive('width', self.width)
@@ -120,20 +206,36 @@ class LearnerConfig:
         None (default, as the original code) does not clip.
     """
 
-    batch_size: int = 2
-    unroll_length: int = 100
-    num_action_repeats: int = 4
-    total_environment_frames: int = int(1e9)
-    entropy_cost: float = 0.00025
-    baseline_cost: float = 0.5
-    discounting: float = 0.99
-    reward_clipping: str = 'abs_one'
-    learning_rate: float = 0.00048
-    decay: float = 0.99
-    momentum: float = 0.0
-    epsilon: float = 0.1
-    use_xla: bool | None = None
-    max_grad_norm: float | None = None
+    batch_size: int = flag_field(2, 'Batch size for training.')
+    unroll_length: int = flag_field(100, 'Unroll length in agent steps.')
+    num_action_repeats: int = flag_field(
+        4, 'Number of action repeats (gym/ levels: 1 unless given).'
+    )
+    total_environment_frames: int = flag_field(
+        int(1e9),
+        'Total environment frames to train for (accepts e.g. 1e9).',
+        allow_exponent=True,
+    )
+    entropy_cost: float = flag_field(0.00025, 'Entropy cost/multiplier.')
+    baseline_cost: float = flag_field(0.5, 'Baseline cost/multiplier.')
+    discounting: float = flag_field(0.99, 'Discounting factor.')
+    reward_clipping: str = flag_field('abs_one', 'Reward clipping.', choices=REWARD_CLIPPING_MODES)
+    learning_rate: float = flag_field(0.00048, 'Learning rate.')
+    decay: float = flag_field(0.99, 'RMSProp optimizer decay.')
+    momentum: float = flag_field(0.0, 'RMSProp momentum.')
+    epsilon: float = flag_field(0.1, 'RMSProp epsilon.')
+    use_xla: bool | None = flag_field(
+        None,
+        'Compile the learner step with XLA. Default: on only when a GPU is visible (on CPU XLA '
+        'made the step 2-3x slower).',
+    )
+    max_grad_norm: float | None = flag_field(
+        None,
+        'Clip the global gradient norm to this before each update (the paper: 40 on Atari); '
+        '0 does not clip, as the original code.',
+        default=0.0,
+        to_config=lambda value, flags: value or None,
+    )
 
     def validate(self) -> 'LearnerConfig':
         if self.max_grad_norm is not None:
@@ -190,12 +292,22 @@ class ClusterConfig:
         actors see the close and exit 0.
     """
 
-    learner_address: str = 'localhost:8000'
-    actor_addresses: tuple[str, ...] = ()
-    connect_timeout_secs: float = 600.0
-    publish_interval: int = 1
-    queue_capacity: int = 1
-    shutdown_grace_secs: float = 10.0
+    learner_address: str = flag_field('localhost:8000', 'host:port of the learner job.')
+    actor_addresses: tuple[str, ...] = flag_field(
+        (),
+        'Comma-separated host:port per actor task; empty: the learner host, port 8001+task.',
+        to_config=lambda value, flags: split_addresses(value),
+    )
+    connect_timeout_secs: float = flag_field(
+        600.0, 'Seconds an actor waits for the learner before giving up.'
+    )
+    publish_interval: int = flag_field(
+        1, 'Learner updates between parameter publications to the actors.'
+    )
+    queue_capacity: int = flag_field(1, 'Unrolls the learner-hosted queue holds.')
+    shutdown_grace_secs: float = flag_field(
+        10.0, 'Seconds the learner keeps serving after training so that actors exit cleanly.'
+    )
 
     def validate(self) -> 'ClusterConfig':
         parse_address(self.learner_address, 'learner_address')
@@ -279,10 +391,6 @@ def cluster_config_from(
     return config.validate(), job_name, task
 
 
-MODES = ('train', 'test')
-JOB_NAMES = ('learner', 'actor')
-
-
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One run of `experiments/experiment.py` (built by `cli.py` from the flags).
@@ -291,8 +399,15 @@ class ExperimentConfig:
       logdir: where checkpoints, summaries, `config.json` and `test_results.json` go.
       mode: 'train' or 'test'.
       level_name: a DeepMind Lab level, 'dmlab30', 'atari/<Game>', 'atari57' or 'gym/<EnvId>'.
-      num_actors: actor threads (one environment each) in single-machine training; in test
-        mode, environments per level that share the episodes.
+      num_actors: environments producing unrolls (the original's actors) in single-machine
+        training; in test mode with `test_parallel`, environments per level that share the
+        episodes.
+      num_actor_threads: threads that host the `num_actors` environments in single-machine
+        training (1..num_actors; environments are split evenly over them).
+      envs_per_actor: environments one distributed actor task hosts; task i hosts environment
+        indices `i * envs_per_actor + j` (levels and seeds as actors of those indices).
+      intra_op_threads, inter_op_threads: TensorFlow's thread pools, set once at the start of
+        a program; 0 = half the cores.
       seed: seeds TensorFlow and numpy.
       env_seed_offset: shifts every environment seed (for multi-seed studies); as the
         original, actor (or task) i's environment has seed `i + 1 + env_seed_offset` and each
@@ -315,24 +430,81 @@ class ExperimentConfig:
       learner: `LearnerConfig`.
     """
 
-    logdir: str = '/tmp/agent'
-    mode: str = 'train'
-    level_name: str = 'explore_goal_locations_small'
-    num_actors: int = 4
-    seed: int = 1
-    env_seed_offset: int = 0
-    test_num_episodes: int = 10
-    test_parallel: bool = False
-    record_video: bool = False
-    task: int = -1
-    job_name: str = 'learner'
-    network: str = 'deep'
-    use_lstm: bool = True
-    save_checkpoint_secs: float = 600.0
-    save_summaries_secs: float = 30.0
-    log_interval_secs: float = 10.0
-    max_checkpoints_to_keep: int = 5
-    inference_timeout_ms: int = 100
+    logdir: str = flag_field('/tmp/agent', 'TensorFlow log directory.')
+    mode: str = flag_field('train', 'Training or test mode.', choices=MODES)
+    level_name: str = flag_field(
+        'explore_goal_locations_small',
+        "DeepMind Lab level name, or 'dmlab30' for the full DMLab-30 suite with levels assigned "
+        "round robin to the actors; also 'atari/<Game>' (e.g. atari/Pong), 'atari57' (the 57 "
+        "games, round robin) or 'gym/<EnvId>' (e.g. gym/CartPole-v1).",
+    )
+    num_actors: int = flag_field(
+        4,
+        'Number of actors: environments producing unrolls (as the original), hosted by '
+        '--num_actor_threads threads in single-machine training.',
+    )
+    num_actor_threads: int = flag_field(
+        2,
+        'Single-machine training: threads hosting the --num_actors environments (1 to '
+        '--num_actors; capped at --num_actors when not given).',
+    )
+    envs_per_actor: int = flag_field(
+        1,
+        'Distributed mode: environments each actor task hosts (task i: environment indices '
+        'i*E .. i*E+E-1, levels and seeds as single-environment actors of those indices).',
+    )
+    intra_op_threads: int = flag_field(
+        0, "TensorFlow's intra-op thread pool (threads per op); 0: half the cores."
+    )
+    inter_op_threads: int = flag_field(
+        0, "TensorFlow's inter-op thread pool (ops run in parallel); 0: half the cores."
+    )
+    seed: int = flag_field(1, 'Random seed (TensorFlow and numpy).')
+    env_seed_offset: int = flag_field(
+        0,
+        'Added to every environment seed (actor i: i + 1 + offset; test mode: 1 + offset), '
+        'for multi-seed studies.',
+    )
+    test_num_episodes: int = flag_field(10, 'Number of episodes per level (test mode).')
+    test_parallel: bool = flag_field(
+        False,
+        "Test mode: share each level's episodes over up to --num_actors environments run in "
+        "parallel (seeds 1 + env_seed_offset + j), instead of the original's one environment "
+        'per level with levels in order.',
+    )
+    record_video: bool = flag_field(
+        False,
+        'Test mode: also play one episode per level and write it as an MP4 of the raw frames to '
+        '<logdir>/videos (file name holds the return).',
+    )
+    task: int = flag_field(-1, 'Task id. Use -1 for local (single-machine) training.')
+    job_name: str = flag_field(
+        'learner', 'Job name. Ignored when task is set to -1.', choices=JOB_NAMES
+    )
+    network: str = flag_field(
+        'deep',
+        "Agent torso: 'deep' (the original's ResNet), 'shallow' (the paper's 2-layer CNN) or "
+        "'mlp' (for vector observations such as gym/CartPole-v1).",
+        choices=TORSOS,
+    )
+    use_lstm: bool = flag_field(
+        True,
+        "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
+        "paper's single-game Atari experts.",
+    )
+    save_checkpoint_secs: float = flag_field(
+        600.0, 'Seconds between checkpoints; one is also saved at the end and on SIGINT/SIGTERM.'
+    )
+    save_summaries_secs: float = flag_field(
+        30.0,
+        'Seconds between TensorBoard summaries of the learner metrics (episode returns are '
+        'always written).',
+    )
+    log_interval_secs: float = flag_field(10.0, 'Seconds between progress log lines.')
+    max_checkpoints_to_keep: int = flag_field(5, 'Checkpoints kept in --logdir.')
+    inference_timeout_ms: int = flag_field(
+        100, "Dynamic-batching timeout (ms) for the actors' batched policy calls."
+    )
     environment: EnvironmentConfig = dataclasses.field(default_factory=EnvironmentConfig)
     learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
@@ -353,6 +525,15 @@ class ExperimentConfig:
         if self.network not in TORSOS:
             raise UsageError(f'network must be one of {TORSOS}, got {self.network!r}')
         _positive('num_actors', self.num_actors)
+        _positive('num_actor_threads', self.num_actor_threads)
+        if self.mode == 'train' and self.task < 0 and self.num_actor_threads > self.num_actors:
+            raise UsageError(
+                f'num_actor_threads must be in 1..num_actors ({self.num_actors}), '
+                f'got {self.num_actor_threads}'
+            )
+        _positive('envs_per_actor', self.envs_per_actor)
+        _non_negative('intra_op_threads', self.intra_op_threads)
+        _non_negative('inter_op_threads', self.inter_op_threads)
         _positive('test_num_episodes', self.test_num_episodes)
         _positive('save_checkpoint_secs', self.save_checkpoint_secs)
         _positive('save_summaries_secs', self.save_summaries_secs)

@@ -19,17 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from scalable_agent2 import (
-    actor,
-    checkpoints,
-    config,
-    environments,
-    learner,
-    networks,
-    recording,
-    summaries,
-)
-from scalable_agent2 import train as train_lib
+from scalable_agent2 import checkpoints, config, environments, recording, runtime, summaries
 from scalable_agent2.errors import UsageError
 
 TEST_RESULTS_FILE = 'test_results.json'
@@ -49,21 +39,12 @@ def _run_episodes(
     stop: threading.Event,
     use_instruction: bool = True,
 ) -> list[float]:
-    """Steps `env` with `policy` until `num_episodes` episodes end; returns their returns."""
-    returns: list[float] = []
-    env_output = env.initial()
-    state = initial_state
-    last_action = np.zeros([1], np.int32)
-    while len(returns) < num_episodes:
-        if stop.is_set():
-            raise RuntimeError('evaluation stopped')
-        inputs = actor.policy_inputs(actor.batch_env_output(env_output), use_instruction)
-        agent_output, state = policy(last_action, inputs, state)
-        last_action = np.asarray(agent_output.action, np.int32).reshape([1])
-        env_output = env.step(int(last_action[0]))
-        if env_output.done:
-            returns.append(float(env_output.info.episode_return))
-    return returns
+    """Steps `env` with `policy` until `num_episodes` episodes end; returns their returns.
+
+    The core state and the last action carry across episodes (`runtime.PolicyStepper`).
+    """
+    stepper = runtime.PolicyStepper(policy, initial_state, use_instruction)
+    return runtime.run_episodes(env, stepper, num_episodes, stop)
 
 
 def suite_results(cfg: config.ExperimentConfig, level_returns: dict[str, list[float]]) -> dict:
@@ -94,9 +75,9 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
         raise ValueError('test mode runs on one machine: use task -1')
     if not os.path.isdir(cfg.logdir):
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir} (no such dir)')
-    train_lib.prepare_logdir(cfg.logdir)
-    tf.random.set_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    runtime.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+    runtime.prepare_logdir(cfg.logdir)
+    runtime.set_seeds(cfg.seed)
     level_names = environments.expand_level_names(cfg.level_name, is_test=True)
     if tf.train.latest_checkpoint(cfg.logdir) is None:
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir}')
@@ -119,21 +100,12 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
     )
     envs = {0: first_env}  # Created but not yet taken by a worker.
     try:
-        obs_spec = first_env.observation_spec
-        agent_config = train_lib.agent_config_for(cfg, first_env)
-        agent = networks.ImpalaAgent(agent_config)
-        the_learner = learner.Learner(agent, cfg.learner)
-        ckpt = checkpoints.Checkpointer(
-            cfg.logdir, the_learner.checkpoint_state, train_lib.agent_spec(agent_config, obs_spec)
-        )
-        ckpt.check_agent_spec()  # Before building anything that a mismatch would break.
-        train_lib.create_agent_variables(agent, obs_spec)
-        path = ckpt.restore_latest(required=True, partial=True)
-        frames = int(the_learner.num_environment_frames.numpy())
+        restored = runtime.restore_agent_for_test(cfg, first_env)
+        agent_config, initial_state = restored.agent_config, restored.initial_state
+        path, frames = restored.checkpoint, restored.num_environment_frames
         logging.info('Testing checkpoint %s (%d environment frames).', path, frames)
 
-        policy = train_lib.make_batched_policy(agent, cfg.inference_timeout_ms)
-        initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
+        policy = runtime.make_batched_policy(restored.agent, cfg.inference_timeout_ms)
         results: list[list[float] | None] = [None] * len(jobs)
         errors: list[BaseException] = []
         next_job = iter(range(len(jobs)))

@@ -148,27 +148,17 @@ def agent_chooser(
 
     Args:
       policy: `(last_action int32 [1], env_output [1, ...], core_state) -> (AgentOutput [1, ...],
-        core_state)`, e.g. `train.make_batched_policy(agent, ...)` as test mode uses it.
+        core_state)`, e.g. `runtime.make_batched_policy(agent, ...)` as test mode uses it.
       initial_state: the agent's initial core state with batch size 1.
       use_instruction: whether the agent reads the instruction (test mode's `policy_inputs`).
 
     Returns:
       A function from each unbatched `StepOutput` to the sampled action; it carries the core
-      state and the last action from call to call, as test mode does.
+      state and the last action from call to call, as test mode does (`runtime.PolicyStepper`).
     """
-    from scalable_agent2 import actor
+    from scalable_agent2 import runtime  # TensorFlow, only when an agent plays.
 
-    state = initial_state
-    last_action = np.zeros([1], np.int32)
-
-    def choose(step_output: StepOutput) -> int:
-        nonlocal state, last_action
-        inputs = actor.policy_inputs(actor.batch_env_output(step_output), use_instruction)
-        agent_output, state = policy(last_action, inputs, state)
-        last_action = np.asarray(agent_output.action, np.int32).reshape([1])
-        return int(last_action[0])
-
-    return choose
+    return runtime.PolicyStepper(policy, initial_state, use_instruction).step
 
 
 def record_episode(

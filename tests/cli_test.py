@@ -481,3 +481,79 @@ def test_sigkill_of_an_environment_mid_run_is_recreated_and_training_finishes(tm
     assert 'exit code -9' in text
     stopped = re.search(r'Training stopped at (\d+) environment frames', text)
     assert stopped and int(stopped.group(1)) >= total, text[-3000:]
+
+
+def test_every_flag_comes_from_a_config_field_and_every_field_has_one():
+    import dataclasses
+
+    fv = parsed()
+    by_field = set()
+    for cls in cli.CONFIG_CLASSES:
+        for field in dataclasses.fields(cls):
+            flag = config.field_flag(field)
+            if dataclasses.is_dataclass(field.type):
+                assert flag is None, field.name  # Nested configs: their fields have flags.
+                continue
+            assert flag is not None, f'{cls.__name__}.{field.name} has no flag'
+            name = flag.flag_name(field)
+            assert name in fv, name
+            by_field.add(name)
+    assert by_field == set(fv)
+
+
+def test_a_new_config_field_is_a_new_flag_in_one_place():
+    """A field with `config.flag_field` is defined as a flag and reaches its config."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        rate: float = config.flag_field(0.5, 'A rate.')
+        count: int = config.flag_field(3, 'A count.', allow_exponent=True)
+        mode: str = config.flag_field('a', 'A mode.', choices=('a', 'b'))
+        hosts: tuple[str, ...] = config.flag_field(
+            (), 'Hosts.', to_config=lambda v, flags: config.split_addresses(v)
+        )
+        maybe: bool | None = config.flag_field(None, 'Maybe.')
+        also_count: int = config.flag_field(3, None, name='count')  # Reads --count.
+        hidden: int = 7  # No flag.
+
+    fv = flags.FlagValues()
+    cli.define_config_flags([Toy], fv)
+    assert sorted(fv) == ['count', 'hosts', 'maybe', 'mode', 'rate']
+    assert fv['hosts'].default == '' and fv['maybe'].default is None
+    fv(['x', '--rate=2', '--count=1e3', '--mode=b', '--hosts=a:1, b:2', '--maybe'])
+    values = {name: fv[name].value for name in fv}
+    assert Toy(**cli.config_kwargs(Toy, values)) == Toy(
+        rate=2.0, count=1000, mode='b', hosts=('a:1', 'b:2'), maybe=True, also_count=1000
+    )
+    with pytest.raises(flags.Error):
+        fv(['x', '--mode=c'])
+
+
+def test_actor_thread_and_tensorflow_thread_flags():
+    cfg = cli.experiment_config(parsed())
+    assert (cfg.num_actor_threads, cfg.envs_per_actor) == (2, 1)
+    assert (cfg.intra_op_threads, cfg.inter_op_threads) == (0, 0)
+    cfg = cli.experiment_config(
+        parsed(
+            '--num_actors=64',
+            '--num_actor_threads=4',
+            '--envs_per_actor=16',
+            '--intra_op_threads=1',
+            '--inter_op_threads=2',
+        )
+    )
+    assert (cfg.num_actors, cfg.num_actor_threads, cfg.envs_per_actor) == (64, 4, 16)
+    assert (cfg.intra_op_threads, cfg.inter_op_threads) == (1, 2)
+    # Not given, the default is capped at --num_actors; given, it must fit.
+    assert cli.experiment_config(parsed('--num_actors=1')).num_actor_threads == 1
+    with pytest.raises(ValueError, match=r'num_actor_threads must be in 1..num_actors \(4\)'):
+        cli.experiment_config(parsed('--num_actor_threads=5'))
+    with pytest.raises(ValueError, match='num_actor_threads'):
+        cli.experiment_config(parsed('--num_actor_threads=0'))
+    with pytest.raises(ValueError, match='envs_per_actor'):
+        cli.experiment_config(parsed('--envs_per_actor=0'))
+    with pytest.raises(ValueError, match='intra_op_threads'):
+        cli.experiment_config(parsed('--intra_op_threads=-1'))
+    # Test mode does not use actor threads.
+    assert cli.experiment_config(parsed('--mode=test', '--num_actor_threads=9')).mode == 'test'

@@ -209,6 +209,7 @@ def cartpole_config(args: argparse.Namespace, job_name: str):
         network='mlp',
         task=args.task,
         job_name=job_name,
+        envs_per_actor=args.envs_per_actor,
         log_interval_secs=1.0,
         save_summaries_secs=1.0,
         save_checkpoint_secs=args.save_checkpoint_secs,
@@ -267,6 +268,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--mismatch', choices=['', 'parameters', 'queue'], default='')
     parser.add_argument('--sleep_secs', type=float, default=0.0)
     parser.add_argument('--connect_timeout_secs', type=float, default=30.0)
+    parser.add_argument('--envs_per_actor', type=int, default=1)
     args = parser.parse_args(argv)
     _watchdog(args.max_secs)
     from absl import logging

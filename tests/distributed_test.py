@@ -372,10 +372,12 @@ def test_unreachable_learner_is_a_clear_error_within_the_timeout(cluster):
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_cartpole_learner_and_two_actors_train_to_the_frame_budget(cluster, tmp_path):
-    """distributed_train end to end: frames come only from the actors' unrolls."""
+    """distributed_train end to end: frames come only from the actors' unrolls (two
+    environments per actor process)."""
     logdir = str(tmp_path / 'logdir')
     batch_size, total = 4, 1200
     common = [f'--logdir={logdir}', f'--batch_size={batch_size}', '--grace_secs=5']
+    common += ['--envs_per_actor=2']
     learner = cluster.start(
         'learner',
         'train_learner',
@@ -429,6 +431,16 @@ def test_actor_tasks_get_suite_levels_round_robin():
         levels[1],
     ]
     assert distributed_train.level_for_task('gym/CartPole-v1', 7) == 'gym/CartPole-v1'
+
+
+def test_actor_tasks_host_consecutive_environment_indices():
+    from scalable_agent2 import distributed_train
+
+    cfg = config.ExperimentConfig(task=2, job_name='actor', envs_per_actor=3)
+    assert distributed_train.env_indices(cfg) == [6, 7, 8]
+    assert [cfg.env_seed(i) for i in distributed_train.env_indices(cfg)] == [7, 8, 9]
+    one = config.ExperimentConfig(task=5, job_name='actor')
+    assert distributed_train.env_indices(one) == [5]  # As the original: task i, seed i + 1.
 
 
 def test_experiment_config_checks_the_distributed_fields():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import checkpoints, config, environments, evaluate, learner, networks, train
+from scalable_agent2 import checkpoints, config, environments, evaluate, learner, networks, runtime
 from scalable_agent2.scoring import atari57, dmlab30
 from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
 
@@ -88,16 +88,16 @@ def _save_checkpoint(logdir, frames, level_name, network, env_config, num_action
     ).validate()
     env = environments.create_environment(level_name, cfg.environment, 0, False)
     try:
-        agent_config = train.agent_config_for(cfg, env)
+        agent_config = runtime.agent_config_for(cfg, env)
         spec = env.observation_spec
     finally:
         env.close()
     agent = networks.ImpalaAgent(agent_config)
-    train.create_agent_variables(agent, spec)
+    runtime.create_agent_variables(agent, spec)
     the_learner = learner.Learner(agent, cfg.learner)
     the_learner.num_environment_frames.assign(frames)
     ckpt = checkpoints.Checkpointer(
-        cfg.logdir, the_learner.checkpoint_state, train.agent_spec(agent_config, spec)
+        cfg.logdir, the_learner.checkpoint_state, runtime.agent_spec(agent_config, spec)
     )
     ckpt.save(frames)
     return cfg, agent

@@ -104,3 +104,58 @@ def test_ci_runs_the_readme_test_command():
     ).stdout.strip()
     assert 'pytest' in cmd and 'ruff check' in cmd and 'ruff format --check' in cmd
     assert cmd in (root / 'README.md').read_text()
+
+
+# Known exceptions: (module, 'other_module._name'), each to be removed when the name goes public.
+PRIVATE_NAME_EXCEPTIONS = {
+    # environments/atari.py (another change owns it) should make `full_action_map` public.
+    ('recording.py', 'atari._full_action_map'),
+}
+
+
+def _private_uses(path: pathlib.Path) -> set[str]:
+    """`module._name` uses (and `from module import _name`) of the package's own modules."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules: set[str] = set()  # Local names bound to scalable_agent2 modules.
+    uses: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('scalable_agent2'):
+            for alias in node.names:
+                if alias.name.startswith('_'):
+                    uses.add(f'{node.module.rsplit(".", 1)[-1]}.{alias.name}')
+                modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith('scalable_agent2') and alias.asname:
+                    modules.add(alias.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith('_')
+            and not node.attr.startswith('__')
+        ):
+            uses.add(f'{node.value.id}.{node.attr}')
+    return uses
+
+
+def test_no_module_uses_another_modules_private_names():
+    found = {
+        (str(p.relative_to(PACKAGE)), use)
+        for p in PACKAGE.rglob('*.py')
+        for use in _private_uses(p)
+    }
+    assert found - PRIVATE_NAME_EXCEPTIONS == set()
+    assert PRIVATE_NAME_EXCEPTIONS - found == set(), 'an exception is no longer needed'
+
+
+def test_private_name_detector_detects(tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text(
+        'from scalable_agent2 import train as t\n'
+        'from scalable_agent2.train import _hidden\n'
+        'import scalable_agent2.runtime as rt\n'
+        't._Workers(None)\nrt._x\nself._fine\nt.__doc__\n'
+    )
+    assert _private_uses(bad) == {'t._Workers', 'train._hidden', 'rt._x'}

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import checkpoints, config, learner, networks, summaries, train
+from scalable_agent2 import checkpoints, config, learner, networks, runtime, summaries
 from scalable_agent2.environments.base import ObservationSpec
 from scalable_agent2.scoring import dmlab30
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
@@ -37,6 +37,9 @@ CARTPOLE = [
     '--unroll_length=20',
     '--batch_size=8',
     '--num_actors=8',
+    # One environment per thread: each thread runs its single-environment actors in turn, so
+    # fewer threads would step fewer environments at once.
+    '--num_actor_threads=8',
     f'--learning_rate={LEARNING_RATE}',
     '--entropy_cost=0.01',
     '--nouse_xla',
@@ -290,7 +293,7 @@ def test_resume_restores_parameters_optimizer_slots_and_frames_exactly(tmp_path)
 
     def make():
         agent = networks.ImpalaAgent(config.AgentConfig(num_actions=2, torso='mlp', core_size=8))
-        train.create_agent_variables(agent, spec)
+        runtime.create_agent_variables(agent, spec)
         lc = config.LearnerConfig(
             batch_size=2,
             unroll_length=3,
@@ -346,60 +349,3 @@ def test_cartpole_learns_to_a_mean_test_return_of_195(tmp_path):
         level = json.load(f)['levels']['gym/CartPole-v1']
     assert len(level['returns']) == 20
     assert level['mean_return'] >= 195, level
-
-
-def test_staged_batch_holds_one_batch_and_waits_for_the_learner():
-    """As the original's StagingArea: the producer gathers batch k+1 only once k is taken."""
-    import queue as queue_lib
-    import threading
-
-    stop = threading.Event()
-    staged = train.StagedBatch()
-    unrolls: queue_lib.Queue = queue_lib.Queue()
-    for i in range(6):
-        unrolls.put(i)
-    gathered = []
-
-    def produce():
-        while not stop.is_set():
-            batch = [unrolls.get(), unrolls.get()]
-            gathered.append(batch)
-            if not staged.put(batch, stop):
-                return
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    time.sleep(0.3)
-    # Batch 0 is staged; the unrolls of batch 1 stay queued until the learner takes batch 0.
-    assert gathered == [[0, 1]] and unrolls.qsize() == 4
-    assert staged.get(stop) == [0, 1]
-    time.sleep(0.3)
-    assert gathered == [[0, 1], [2, 3]] and unrolls.qsize() == 2
-    assert staged.get(stop) == [2, 3]
-    time.sleep(0.3)
-    stop.set()
-    producer.join(timeout=5)
-    assert not producer.is_alive()
-
-
-def test_a_failed_thread_saves_a_checkpoint_before_the_error(tmp_path):
-    import threading
-
-    import tensorflow as tf
-
-    from scalable_agent2 import checkpoints
-
-    stop = threading.Event()
-    workers = train._Workers(stop)  # noqa: SLF001 (the runner's own thread pool)
-
-    def fail():
-        raise OSError('environment exploded')
-
-    workers.start('actor_0', fail)
-    workers.join()
-    assert stop.is_set()
-    v = tf.Variable([1.0, 2.0])
-    ckpt = checkpoints.Checkpointer(str(tmp_path), {'v': v}, {'a': 1})
-    with pytest.raises(RuntimeError, match='a training thread failed: .*environment exploded'):
-        workers.raise_first_error(ckpt, 1234)
-    assert ckpt.latest_checkpoint.endswith('ckpt-1234')
