@@ -1,6 +1,7 @@
 """Environment throughput: the physical limit every training figure is compared with.
 
     python bench/env_bench.py [--seconds=1] [--rounds=5] [--num_envs=1,2,4,8]
+        [--batch_envs=8,16,32,64] [--parts=round_trip,throughput,batch]
 
 Part 1, subprocess round trip: median time of one `PyProcess` call returning a pickled
 `StepOutput` whose frame is uint8 84x84x4 (Atari) or 72x96x3 (DeepMind Lab), next to an empty
@@ -19,6 +20,12 @@ Part 2, random-policy environment frames/s on Pong (frames = agent steps x 4 act
 load from other processes affects them alike; each figure is the median over `rounds` rounds
 (`seconds` seconds each for throughput; 2 x `rounds` rounds for round trips). Prints markdown
 tables; throughput in env frames/s.
+
+Part 3, the environment-only limit of a batched actor: `AtariBatch` (one `AtariVectorEnv` of E
+Pong games, the training preprocessing and protocol, E C++ threads capped at the CPU count)
+stepped with uniformly random actions through the same `send` / `receive(out)` calls the
+`BatchedActor` makes, for E in `--batch_envs`: env frames/s (agent steps x action repeats),
+median over `rounds` rounds of `seconds` seconds.
 """
 
 import argparse
@@ -31,7 +38,7 @@ import numpy as np
 
 from scalable_agent2 import config as config_lib
 from scalable_agent2 import environments, py_process
-from scalable_agent2.environments import atari, base
+from scalable_agent2.environments import atari, base, batched
 from scalable_agent2.types import StepOutput, StepOutputInfo
 
 FRAME_SHAPES = {'atari 84x84x4': (84, 84, 4), 'dmlab 72x96x3': (72, 96, 3)}
@@ -199,27 +206,74 @@ def throughput(n: int, seconds: float, rounds: int) -> dict:
             env.close()
 
 
+def _batch_frames_per_second(batch: batched.EnvironmentBatch, repeats: int, seconds: float):
+    """A measurement: env frames/s of an `EnvironmentBatch` stepped with random actions."""
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, batch.num_actions, size=(256, batch.num_envs)).astype(np.int32)
+    out = batch.empty_outputs()
+
+    def measure() -> float:
+        steps = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            batch.send(actions[steps % len(actions)])
+            batch.receive(out)
+            steps += 1
+        return steps * batch.num_envs * repeats / (time.perf_counter() - start)
+
+    return measure
+
+
+def batch_throughput(num_envs: list[int], seconds: float, rounds: int) -> None:
+    """Part 3: `AtariBatch` env frames/s for each E."""
+    cfg = config_lib.EnvironmentConfig()
+    print('\n| E | `AtariBatch` (Pong), env frames/s | per environment |')
+    print('|---|---|---|')
+    for n in num_envs:
+        batch = atari.AtariBatch(['atari/Pong'] * n, cfg, list(range(n)), False)
+        try:
+            batch.initial()
+            fps = _interleaved_medians(
+                {'batch': _batch_frames_per_second(batch, cfg.num_action_repeats, seconds)},
+                rounds,
+            )['batch']
+        finally:
+            batch.close()
+        print(f'| {n} | {fps:.0f} | {fps / n:.0f} |')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seconds', type=float, default=1.0)
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--num_envs', default='1,2,4,8')
+    parser.add_argument('--batch_envs', default='8,16,32,64')
+    parser.add_argument('--parts', default='round_trip,throughput,batch')
     args = parser.parse_args()
     num_envs = [int(n) for n in args.num_envs.split(',')]
+    parts = set(args.parts.split(','))
+    unknown = parts - {'round_trip', 'throughput', 'batch'}
+    if unknown:
+        parser.error(f'unknown --parts {sorted(unknown)}')
 
-    round_trip(args.rounds * 2)
+    if 'round_trip' in parts:
+        round_trip(args.rounds * 2)
 
-    print(
-        '\n| N | (a) 1 env in-process | (b) N subprocesses, shared memory | (b) / (a) '
-        "| (b') N subprocesses, frames pickled | (c) ale-py vector env, N envs | (c) / (b) |"
-    )
-    print('|---|---|---|---|---|---|---|')
-    for n in num_envs:
-        m = throughput(n, args.seconds, args.rounds)
+    if 'throughput' in parts:
         print(
-            f'| {n} | {m["a"]:.0f} | {m["b"]:.0f} | {m["b"] / m["a"]:.2f} | {m["b_pipe"]:.0f} '
-            f'| {m["c"]:.0f} | {m["c"] / m["b"]:.2f} |'
+            '\n| N | (a) 1 env in-process | (b) N subprocesses, shared memory | (b) / (a) '
+            "| (b') N subprocesses, frames pickled | (c) ale-py vector env, N envs | (c) / (b) |"
         )
+        print('|---|---|---|---|---|---|---|')
+        for n in num_envs:
+            m = throughput(n, args.seconds, args.rounds)
+            print(
+                f'| {n} | {m["a"]:.0f} | {m["b"]:.0f} | {m["b"] / m["a"]:.2f} '
+                f'| {m["b_pipe"]:.0f} | {m["c"]:.0f} | {m["c"] / m["b"]:.2f} |'
+            )
+
+    if 'batch' in parts:
+        batch_throughput([int(n) for n in args.batch_envs.split(',')], args.seconds, args.rounds)
 
 
 if __name__ == '__main__':

@@ -1,10 +1,16 @@
-"""The actor's unroll loop: step one environment with the agent and emit T+1-step unrolls.
+"""The actor's unroll loop: step environments with the agent and emit T+1-step unrolls.
 
 An actor keeps its last environment output, agent (core) state and agent output between
 unrolls, as the original does: every unroll starts with the last entry of the previous one,
 followed by `unroll_length` new steps, and carries the core state from before its first new
 step. Policy calls go through a callable (in training, the dynamically batched agent step), so
 the actor itself holds no TensorFlow state.
+
+Two actors share one driving interface (`unrolls()`, `restarts`, `level_names`, `close()`):
+  * `Actor`: one environment, one policy row per step (the original's actor);
+  * `BatchedActor`: an `EnvironmentBatch` of E environments, one policy call of E rows per
+    step, state and unrolls in preallocated arrays; it returns E unrolls at a time, each the
+    same as a single-environment `Actor` of that environment would return.
 """
 
 import collections
@@ -16,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from scalable_agent2.environments import batched
 from scalable_agent2.errors import RunAbortedError
 from scalable_agent2.py_process import PyProcessDiedError
 from scalable_agent2.types import (
@@ -26,8 +33,9 @@ from scalable_agent2.types import (
     game_over_or_done,
 )
 
-# policy(last_action int32 [1], env_output StepOutput with [1]-batched fields, core_state nest
-# [1, ...]) -> (AgentOutput with [1]-batched fields, new core_state nest [1, ...]).
+# policy(last_action int32 [n], env_output StepOutput with [n]-batched fields, core_state nest
+# [n, ...]) -> (AgentOutput with [n]-batched fields, new core_state nest [n, ...]); n = 1 for
+# an `Actor`, E for a `BatchedActor` (rows are independent: row i is environment i).
 Policy = Callable[[Any, StepOutput, Any], tuple[AgentOutput, Any]]
 
 
@@ -109,6 +117,20 @@ class EnvironmentCrashLoopError(RunAbortedError):
     """An actor's environment died too often in a short time to keep recreating it."""
 
 
+def _count_death(
+    times: collections.deque, max_restarts: int, window_secs: float, what: str, error: Exception
+) -> None:
+    """Records one environment death; EnvironmentCrashLoopError past the crash-loop limit."""
+    now = time.monotonic()
+    times.append(now)
+    while now - times[0] > window_secs:
+        times.popleft()
+    if len(times) > max_restarts:
+        raise EnvironmentCrashLoopError(
+            f'{what} died {len(times)} times in {window_secs:.0f} s; last: {error}'
+        ) from error
+
+
 class Actor:
     """Runs one environment with a policy and produces unrolls of `unroll_length + 1` entries.
 
@@ -135,6 +157,7 @@ class Actor:
 
         Args:
           env: environment with `initial()` and `step(action)` returning `StepOutput`.
+            (For E environments stepped at once, see `BatchedActor`.)
           level_name: the level this actor plays (stored in every unroll).
           policy: see `Policy`.
           initial_agent_state: the core state for one environment, nest of `[1, ...]`.
@@ -168,21 +191,32 @@ class Actor:
     def level_name(self) -> str:
         return self._level_name
 
+    @property
+    def level_names(self) -> list[str]:
+        """`[level_name]`: the levels of the unrolls that `unrolls()` returns, in order."""
+        return [self._level_name]
+
+    @property
+    def num_envs(self) -> int:
+        return 1
+
     def close(self) -> None:
         """Closes the current environment (the one a restart may have created)."""
         self._env.close()
 
+    def unrolls(self) -> list[ActorOutput]:
+        """`[self.unroll()]`: the interface `BatchedActor` shares."""
+        return [self.unroll()]
+
     def _restart(self, error: PyProcessDiedError) -> None:
         while True:
-            now = time.monotonic()
-            self._restart_times.append(now)
-            while now - self._restart_times[0] > self._restart_window_secs:
-                self._restart_times.popleft()
-            if len(self._restart_times) > self._max_restarts:
-                raise EnvironmentCrashLoopError(
-                    f'the environment of {self._level_name} died {len(self._restart_times)} '
-                    f'times in {self._restart_window_secs:.0f} s; last: {error}'
-                ) from error
+            _count_death(
+                self._restart_times,
+                self._max_restarts,
+                self._restart_window_secs,
+                f'the environment of {self._level_name}',
+                error,
+            )
             self.restarts += 1
             logging.warning(
                 'Environment of %s died (%s); recreating it (restart %d); the unroll in '
@@ -248,6 +282,245 @@ class Actor:
             env_outputs=_stack_steps(env_outputs),
             agent_outputs=_stack_steps(agent_outputs),
         )
+
+
+class BatchedActor:
+    """Runs an `EnvironmentBatch` of E environments with one policy call per step for all E.
+
+    Every environment yields its own unrolls, exactly as a single-environment `Actor` would:
+    `unrolls()` runs T steps and returns E `ActorOutput`s, unroll i with environment i's level
+    name, its core state `[1, ...]` from before the first new step, and `[T+1, ...]` env/agent
+    outputs whose entry 0 is the last entry of its previous unroll. The agent resets the core
+    state of each row at that environment's own episode ends (it reads `done`, as with `Actor`).
+
+    Per-environment state (last env output, core state, last agent output) and the unroll live
+    in preallocated arrays: time-major buffers `[T+1, E, ...]` whose row t is both what the
+    environments wrote at step t and the policy's input at step t+1; nothing is built per step
+    but the policy's call. Each step sends the actions, then writes the policy's outputs into
+    the buffers while the environments step, then waits for them.
+
+    Not thread-safe: each actor thread owns one `BatchedActor` (and its batch).
+
+    Environment deaths (a subprocess of a `SubprocessBatch` killed, e.g. by the OOM killer):
+    with `recreate`, each dead environment i is replaced (fresh episode, zero core state and
+    last action for that row) and the whole batch's unroll in progress is dropped: the other
+    environments keep their episodes, core states and last outputs, and every environment's
+    next unroll starts from where it is now (the step during which the death happened
+    included), so no unroll holds a gap. Deaths are logged and counted (`restarts`); more than
+    `max_restarts` within `restart_window_secs` (over the whole batch) raise
+    `EnvironmentCrashLoopError`.
+    """
+
+    def __init__(
+        self,
+        env_batch: batched.EnvironmentBatch,
+        policy: Policy,
+        initial_agent_state: Any,
+        unroll_length: int,
+        use_instruction: bool = True,
+        recreate: Callable[[int, int], Any] | None = None,
+        max_restarts: int = 5,
+        restart_window_secs: float = 600.0,
+    ):
+        """Starts every environment (`env_batch.initial()`) and sets the persistent state.
+
+        Args:
+          env_batch: the E environments (`environments.create_environment_batch`); the actor
+            owns (closes) it.
+          policy: see `Policy`, called with E rows: last_action int32 `[E]`, env_output with
+            `[E]`-batched fields, core state nest `[E, ...]`.
+          initial_agent_state: the core state of ONE environment, nest of `[1, ...]` (e.g.
+            `agent.initial_state(1)`); every row starts from it, and a recreated row again.
+          unroll_length: T, new agent steps per unroll.
+          use_instruction: whether to pass instructions to the policy (unrolls always keep them).
+          recreate: `recreate(i, n)` returns the replacement of environment i after its n-th
+            death (n = 1, 2, ... per environment; e.g. to vary its seed): a single
+            `Environment` of the same level, or None to let the batch build it
+            (`env_batch.recreate(i)`, e.g. the factory of `create_environment_batch`: seed
+            `seeds[i] + 100_000 * n`). None (the default) lets `EnvironmentsDiedError`
+            propagate.
+          max_restarts, restart_window_secs: the crash-loop limit.
+        """
+        if unroll_length <= 0:
+            raise ValueError(f'unroll_length must be > 0, got {unroll_length}')
+        self._batch = env_batch
+        self._num_envs = num_envs = int(env_batch.num_envs)
+        self._policy = policy
+        self._unroll_length = unroll_length
+        self._recreate = recreate
+        self._max_restarts = max_restarts
+        self._restart_window_secs = restart_window_secs
+        self._restart_times: collections.deque = collections.deque()
+        self._recreated = [0] * num_envs
+        self.restarts = 0
+
+        state = _to_numpy(initial_agent_state)
+        self._state_structure = state
+        self._initial_state = tf.nest.flatten(state)
+        for x in self._initial_state:
+            if x.ndim < 1 or x.shape[0] != 1:
+                raise ValueError(
+                    'initial_agent_state is the state of one environment: every array [1, ...], '
+                    f'got shape {list(x.shape)}'
+                )
+        # The current core state [E, ...], passed to the policy as `self._state_nest` (views).
+        self._state = [np.repeat(x, num_envs, axis=0) for x in self._initial_state]
+        self._state_nest = tf.nest.pack_sequence_as(state, self._state)
+        self._unroll_state = [np.empty_like(x) for x in self._state]  # At the unroll's start.
+
+        t1 = unroll_length + 1
+        self._env_buffer = batched.empty_step_outputs(env_batch.observation_spec, (t1, num_envs))
+        self._env_flat = tf.nest.flatten(self._env_buffer)
+        self._env_rows = [
+            tf.nest.map_structure(lambda x, t=t: x[t], self._env_buffer) for t in range(t1)
+        ]
+        self._policy_rows = [policy_inputs(row, use_instruction) for row in self._env_rows]
+        # Filled in by the first `unrolls()` (shapes and dtypes come from one policy call).
+        self._agent_buffer: AgentOutput | None = None
+        self._agent_flat: list[np.ndarray] = []
+        self._agent_rows: list[AgentOutput] = []
+        self._agent_flat_rows: list[list[np.ndarray]] = []
+        self._last = 0  # The buffers' row holding each environment's latest entry.
+        env_batch.initial(self._env_rows[0])
+
+    @property
+    def level_names(self) -> list[str]:
+        """The level of each environment: of the unrolls that `unrolls()` returns, in order."""
+        return list(self._batch.level_names)
+
+    @property
+    def num_envs(self) -> int:
+        return self._num_envs
+
+    @property
+    def env_batch(self) -> batched.EnvironmentBatch:
+        return self._batch
+
+    def close(self) -> None:
+        """Closes the environment batch."""
+        self._batch.close()
+
+    def _allocate_agent_buffer(self) -> None:
+        """One (discarded) policy call on the initial outputs gives the agent outputs' shapes;
+        entry 0 of the first unroll is then all zeros (action 0 = "last action")."""
+        probe, _ = self._policy(
+            np.zeros([self._num_envs], np.int32), self._policy_rows[0], self._state_nest
+        )
+        probe = _to_numpy(probe)
+        t1 = self._unroll_length + 1
+        self._agent_buffer = tf.nest.map_structure(
+            lambda x: np.zeros((t1, *x.shape), x.dtype), probe
+        )
+        self._agent_flat = tf.nest.flatten(self._agent_buffer)
+        self._agent_rows = [
+            tf.nest.map_structure(lambda x, t=t: x[t], self._agent_buffer) for t in range(t1)
+        ]
+        self._agent_flat_rows = [tf.nest.flatten(row) for row in self._agent_rows]
+
+    def unrolls(self) -> list[ActorOutput]:
+        """Runs T steps of every environment; returns their E unrolls (see the class doc).
+
+        Returns:
+          E `ActorOutput`s (numpy), in the order of `level_names`, each as `Actor.unroll`
+          returns it.
+        """
+        if self._agent_buffer is None:
+            self._allocate_agent_buffer()
+        while True:
+            try:
+                self._unroll_once()
+                break
+            except batched.EnvironmentsDiedError as e:
+                if self._recreate is None:
+                    raise
+                self._restart(e)
+        return self._split()
+
+    def _move_last_to_front(self) -> None:
+        t = self._last
+        if t != 0:
+            for x in self._env_flat:
+                x[0] = x[t]
+            for x in self._agent_flat:
+                x[0] = x[t]
+            self._last = 0
+
+    def _unroll_once(self) -> None:
+        self._move_last_to_front()
+        for start, now in zip(self._unroll_state, self._state):
+            np.copyto(start, now)
+        policy, env_batch = self._policy, self._batch
+        agent_rows, policy_rows, env_rows = self._agent_rows, self._policy_rows, self._env_rows
+        for t in range(1, self._unroll_length + 1):
+            agent_output, state = policy(
+                agent_rows[t - 1].action, policy_rows[t - 1], self._state_nest
+            )
+            env_batch.send(np.asarray(agent_output.action))
+            # While the environments step: the bookkeeping.
+            for target, value in zip(
+                self._agent_flat_rows[t], tf.nest.flatten(agent_output), strict=True
+            ):
+                target[...] = value
+            for target, value in zip(self._state, tf.nest.flatten(state), strict=True):
+                target[...] = value
+            self._last = t
+            env_batch.receive(env_rows[t])
+
+    def _split(self) -> list[ActorOutput]:
+        """The E unrolls in the buffers, copied out (the buffers are reused)."""
+        level_names = self._batch.level_names
+        unrolls = []
+        for i in range(self._num_envs):
+            unrolls.append(
+                ActorOutput(
+                    level_name=level_names[i],
+                    agent_state=tf.nest.pack_sequence_as(
+                        self._state_structure, [x[i : i + 1].copy() for x in self._unroll_state]
+                    ),
+                    env_outputs=tf.nest.pack_sequence_as(
+                        self._env_buffer, [x[:, i].copy() for x in self._env_flat]
+                    ),
+                    agent_outputs=tf.nest.pack_sequence_as(
+                        self._agent_buffer, [x[:, i].copy() for x in self._agent_flat]
+                    ),
+                )
+            )
+        return unrolls
+
+    def _restart(self, error: batched.EnvironmentsDiedError) -> None:
+        """Replaces the dead environments of `error`; the unroll in progress is dropped."""
+        t = self._last
+        pending = list(zip(error.indices, error.errors))
+        while pending:
+            i, cause = pending.pop(0)
+            level_name = self._batch.level_names[i]
+            _count_death(
+                self._restart_times,
+                self._max_restarts,
+                self._restart_window_secs,
+                f'the environments of this actor (last: {i}, {level_name})',
+                cause,
+            )
+            self.restarts += 1
+            self._recreated[i] += 1
+            logging.warning(
+                'Environment %d (%s) of a batch died (%s); recreating it (restart %d); the '
+                "batch's unroll in progress is dropped.",
+                i,
+                level_name,
+                cause,
+                self.restarts,
+            )
+            try:
+                initial = self._batch.recreate(i, self._recreate(i, self._recreated[i]))
+            except PyProcessDiedError as e:  # Died again at once: counts as another death.
+                pending.insert(0, (i, e))
+                continue
+            batched.write_row(self._env_rows[t], i, initial)
+            for x in self._agent_flat:
+                x[t, i] = 0
+            for now, initial_state in zip(self._state, self._initial_state):
+                now[i] = initial_state[0]
 
 
 def stack_unrolls(unrolls: list[ActorOutput]) -> ActorOutput:

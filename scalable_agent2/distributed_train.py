@@ -176,18 +176,14 @@ def run_actor(
     runtime.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
     distributed.connect_actor(cluster, cfg.task)
     tf.random.set_seed(cfg.seed + cfg.task)
-    envs: list[Any] = []
     actors: list[Any] = []
+    batches: list[Any] = []
     unrolls = 0
     try:
-        for i, level in zip(indices, levels, strict=True):
-            envs.append(
-                environments.create_environment(
-                    level, cfg.environment, seed=cfg.env_seed(i), is_test=False
-                )
-            )
-        obs_spec = envs[0].observation_spec
-        agent_config, agent = runtime.build_agent(cfg, envs, levels)
+        seeds = [cfg.env_seed(i) for i in indices]
+        batches = runtime.create_environment_batches(cfg, levels, seeds, [range(len(levels))])
+        obs_spec = batches[0].observation_spec
+        agent_config, agent = runtime.build_agent(cfg, batches, levels[:1])
         runtime.create_agent_variables(agent, obs_spec)
         store = distributed.ParameterStore(agent.variables, cluster.learner_address)
         initial_state = runtime.initial_core_state(agent)
@@ -202,15 +198,15 @@ def run_actor(
             spec, cluster.queue_capacity, cluster.learner_address
         )
         store.wait_published(cluster.connect_timeout_secs)
-        actors = runtime.build_thread_actors(
-            envs,
-            levels,
-            runtime.make_policy(agent),
-            initial_state,
-            cfg.learner.unroll_length,
-            agent_config.use_instruction,
-            [runtime.recreate_environment(cfg, lv, i) for i, lv in zip(indices, levels)],
-        )
+        actors = [
+            runtime.build_batched_actor(
+                batches[0],
+                runtime.make_policy(agent),
+                initial_state,
+                cfg.learner.unroll_length,
+                agent_config.use_instruction,
+            )
+        ]
         logging.info('Actor %d playing %s.', cfg.task, ', '.join(levels))
         last_log = time.monotonic()
         while True:
@@ -247,4 +243,4 @@ def run_actor(
         return distributed.EXIT_LEARNER_LOST
     finally:
         # Once built, the actors hold the current environments (a restart may replace one).
-        runtime.close_all(actors or envs)
+        runtime.close_all(actors or batches)

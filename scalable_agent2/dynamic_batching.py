@@ -2,19 +2,25 @@
 
 A TF2 replacement for the original's `batcher.cc` op, with its API and semantics:
 `batch_fn` / `batch_fn_with_options` decorate a function `f`. Many threads call the decorated
-function at once, each with nests of tensors (or numpy arrays) whose leading dimension is 1;
-their inputs are concatenated along that dimension, `f` runs once on the batch and every caller
-gets back its own `[1, ...]` slice of every output, as tensors.
+function at once, each with nests of tensors (or numpy arrays) that share a leading dimension n:
+1 in the original (one environment per actor), any n >= 1 here (an actor stepping n
+environments at once). The calls' inputs are concatenated along that dimension, `f` runs once on
+the batch and every caller gets back its own `[n, ...]` slice of every output, as tensors.
 
-A batch starts once at least `minimum_batch_size` calls wait, or once `timeout_ms` have passed
-since the batch was asked for (i.e. since the previous batch was taken) and at least one call
-waits; a batch never holds more than `maximum_batch_size` calls. The first call starts one
-background thread (no explicit start); `close()` or interpreter exit stops it, and callers still
-waiting then get a `tf.errors.CancelledError`.
+Sizes count rows: a batch starts once at least `minimum_batch_size` rows wait, or once
+`timeout_ms` have passed since the batch was asked for (i.e. since the previous batch was taken)
+and at least one call waits; a batch never holds more than `maximum_batch_size` rows, and calls
+join a batch whole and in arrival order (a call that does not fit waits for the next batch, so a
+batch may then hold fewer than `minimum_batch_size` rows). A single call of more than
+`maximum_batch_size` rows is refused at once with a `ValueError`. With one-row calls, rows are
+calls: the original's behaviour. The first call starts one background thread (no explicit
+start); `close()` or interpreter exit stops it, and callers still waiting then get a
+`tf.errors.CancelledError`.
 
 When `f` is a `tf.function` it is traced once with the batch dimension unknown (`None`), so
 varying batch sizes do not retrace; the batch dimension is static only when
-`minimum_batch_size == maximum_batch_size` and `timeout_ms is None`, as in the original.
+`minimum_batch_size == maximum_batch_size` and `timeout_ms is None`, as in the original (and
+then only for batches of exactly that many rows: multi-row calls may not add up to it).
 
 Two interchangeable mechanisms hold the waiting inputs (`implementation=`). 'python' (the
 default) keeps them in a list guarded by a `threading.Condition`; each caller turns its host
@@ -84,14 +90,17 @@ def _describe(signature: _Signature) -> str:
 
 
 class _Call:
-    """One caller waiting for its slice of a batch."""
+    """One caller waiting for its slice of a batch (`rows` rows)."""
 
-    __slots__ = ('args', 'flat', 'signature', 'done', 'result', 'error')
+    __slots__ = ('args', 'flat', 'signature', 'rows', 'done', 'result', 'error')
 
-    def __init__(self, args: tuple, flat: list[tf.Tensor | np.ndarray], signature: _Signature):
+    def __init__(
+        self, args: tuple, flat: list[tf.Tensor | np.ndarray], signature: _Signature, rows: int
+    ):
         self.args = args
         self.flat = flat
         self.signature = signature
+        self.rows = rows
         self.done = threading.Event()
         self.result = None
         self.error: BaseException | None = None
@@ -129,6 +138,7 @@ class _Batcher:
         self._queue_signature: _Signature | None = None
         self._cond = threading.Condition()
         self._pending: list[_Call] = []
+        self._pending_rows = 0
         self._in_flight: dict[int, list[_Call]] = {}
         self._ids = itertools.count()
         self._closed = False
@@ -141,15 +151,16 @@ class _Batcher:
         """Adds one call's inputs to the next batch and blocks until its outputs are ready.
 
         Args:
-          args: tuple of nests of tensors or arrays, each with leading dimension 1.
+          args: tuple of nests of tensors or arrays, all with the same leading dimension n >= 1.
 
         Returns:
-          The nest that `f` returned, each tensor sliced to this call's `[1, ...]` row.
+          The nest that `f` returned, each tensor sliced to this call's `[n, ...]` rows.
 
         Raises:
-          ValueError: called while tracing a `tf.function`, or an input's leading dimension is
-            not 1 (both raised at once), or the batch could not be formed or its outputs were
-            malformed (see `get_inputs` / `set_outputs`).
+          ValueError: called while tracing a `tf.function`, an input without a leading
+            dimension, inputs whose leading dimensions differ or are 0, or more than
+            `maximum_batch_size` rows (all raised at once); or the batch could not be formed or
+            its outputs were malformed (see `get_inputs` / `set_outputs`).
           tf.errors.CancelledError: the batcher was closed before or while this call waited.
           Exception: whatever `f` raised on this call's batch (a copy, chained to the original).
         """
@@ -159,20 +170,37 @@ class _Batcher:
                 'not while tracing a tf.function'
             )
         flat = [_leaf(x) for x in tf.nest.flatten(args)]
+        rows = None
         for i, t in enumerate(flat):
             shape = tuple(t.shape)
-            if len(shape) < 1 or shape[0] != 1:
+            if len(shape) < 1 or shape[0] is None or shape[0] < 1:
                 raise ValueError(
-                    'dynamic batching requires batch size 1 for every input: flat input '
-                    f'{i} has shape {list(shape)}'
+                    'dynamic batching requires batch size >= 1 (a leading dimension) for every '
+                    f'input: flat input {i} has shape {list(shape)}'
                 )
-        call = _Call(args, flat, _signature(flat))
+            if rows is None:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise ValueError(
+                    'dynamic batching requires the same batch size (leading dimension) for '
+                    f'every input of a call: flat input 0 has {rows} rows, flat input {i} has '
+                    f'shape {list(shape)}'
+                )
+        if rows is None:
+            rows = 1  # No tensors at all: one row.
+        if rows > self._maximum_batch_size:
+            raise ValueError(
+                f'dynamic batching: a call of {rows} rows exceeds maximum_batch_size '
+                f'{self._maximum_batch_size}; raise maximum_batch_size or split the call'
+            )
+        call = _Call(args, flat, _signature(flat), rows)
         with self._cond:
             if self._closed:
                 raise _cancelled('dynamic batching: the batcher is closed')
             if self._use_queue:
                 self._enqueue(call)
             self._pending.append(call)
+            self._pending_rows += rows
             self._cond.notify_all()
         call.done.wait()
         if call.error is not None:
@@ -208,8 +236,8 @@ class _Batcher:
 
         Returns:
           (args, computation_id): `args` has the structure of the first call's arguments, each
-          leaf the concatenation `[B, ...]` of the B calls in the batch (a numpy array when all
-          inputs were on the host, else a tensor).
+          leaf the concatenation `[B, ...]` of the calls in the batch, B rows in all (a numpy
+          array when all inputs were on the host, else a tensor).
 
         Raises:
           tf.errors.CancelledError: the batcher was closed.
@@ -230,7 +258,7 @@ class _Batcher:
             return tf.nest.pack_sequence_as(calls[0].args, batch), computation_id
 
     def _take_calls(self) -> tuple[list[_Call], Any]:
-        """Waits for the batch conditions, then removes up to `maximum_batch_size` calls.
+        """Waits for the batch conditions, then removes calls of up to `maximum_batch_size` rows.
 
         Returns:
           (calls, dequeued): for the 'queue' implementation `dequeued` holds their inputs (or
@@ -238,7 +266,7 @@ class _Batcher:
         """
         with self._cond:
             deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
-            while not self._closed and len(self._pending) < self._minimum_batch_size:
+            while not self._closed and self._pending_rows < self._minimum_batch_size:
                 if deadline is None:
                     self._cond.wait()
                     continue
@@ -251,13 +279,21 @@ class _Batcher:
                     self._cond.wait()  # Timed out with nobody waiting: the first call starts it.
             if self._closed:
                 raise _cancelled('dynamic batching: the batcher is closed')
-            calls = self._pending[: self._maximum_batch_size]
-            del self._pending[: self._maximum_batch_size]
+            # Whole calls, in arrival order, up to the row limit (every call fits on its own).
+            taken, rows = 0, 0
+            for call in self._pending:
+                if rows + call.rows > self._maximum_batch_size:
+                    break
+                taken += 1
+                rows += call.rows
+            calls = self._pending[:taken]
+            del self._pending[:taken]
+            self._pending_rows -= rows
             if not self._use_queue:
                 return calls, None
             try:
                 # Under the lock so that the queue's order matches `calls`.
-                return calls, self._queue.dequeue_many(len(calls))
+                return calls, self._queue.dequeue_many(rows)
             except Exception as e:  # noqa: BLE001 - raised to the callers by _form_batch.
                 return calls, e
 
@@ -287,10 +323,11 @@ class _Batcher:
             return calls  # None when close() already cancelled them.
 
     def set_outputs(self, outputs: Any, computation_id: int) -> None:
-        """Splits a batch's outputs and hands each caller its `[1, ...]` slices.
+        """Splits a batch's outputs and hands each caller its `[n, ...]` slices.
 
         Args:
-          outputs: nest of tensors (or arrays), each with leading dimension B, the batch size.
+          outputs: nest of tensors (or arrays), each with leading dimension B, the batch size
+            (the sum of the calls' rows).
           computation_id: as returned by `get_inputs`.
 
         Raises:
@@ -300,7 +337,8 @@ class _Batcher:
         calls = self._pop_in_flight(computation_id)
         if calls is None:
             return
-        batch_size = len(calls)
+        sizes = [call.rows for call in calls]
+        batch_size = sum(sizes)
         try:
             flat = [tf.convert_to_tensor(x) for x in tf.nest.flatten(outputs)]
             for i, t in enumerate(flat):
@@ -315,10 +353,10 @@ class _Batcher:
                         f'input batch size. Expected: {batch_size} Observed: {t.shape[0]} '
                         f'(flat output {i})'
                     )
-            if batch_size == 1:
+            if len(calls) == 1:
                 rows = [flat]
             else:
-                rows = list(zip(*(tf.split(t, batch_size, axis=0) for t in flat))) if flat else []
+                rows = list(zip(*(tf.split(t, sizes, axis=0) for t in flat))) if flat else []
                 rows = rows or [[] for _ in calls]
         except Exception as e:  # noqa: BLE001 - delivered to the callers concerned.
             for call in calls:
@@ -341,6 +379,7 @@ class _Batcher:
             self._closed = True
             waiting = self._pending + [c for cs in self._in_flight.values() for c in cs]
             self._pending = []
+            self._pending_rows = 0
             self._in_flight.clear()
             self._cond.notify_all()
         error = _cancelled('dynamic batching: the batcher was closed while this call was waiting')
@@ -371,8 +410,9 @@ def _register_exit_hook(batcher: _Batcher) -> None:
 
 class _Resolver:
     """Maps a batch's arguments to what runs them: `fn`, or for a `tf.function` one trace of it
-    per input signature with the batch dimension unknown (static only when min == max and there
-    is no timeout), so that varying batch sizes do not retrace."""
+    per input signature with the batch dimension unknown (static only when min == max, there
+    is no timeout and the batch has exactly that many rows), so that varying batch sizes do not
+    retrace."""
 
     def __init__(self, fn, minimum_batch_size, maximum_batch_size, timeout_ms):
         self._fn = fn
@@ -381,7 +421,7 @@ class _Resolver:
             if minimum_batch_size == maximum_batch_size and timeout_ms is None
             else None
         )
-        self._concrete: dict[_Signature, Callable[..., Any]] = {}
+        self._concrete: dict[tuple[_Signature, int | None], Callable[..., Any]] = {}
 
     def __call__(self, args: tuple) -> Callable[..., Any]:
         fn = self._fn
@@ -389,11 +429,15 @@ class _Resolver:
             return self._call_with_tensors
         if fn.input_signature is not None:
             return fn
-        key = _signature(tf.nest.flatten(args))
+        flat = tf.nest.flatten(args)
+        static = self._static_batch_size
+        if static is not None and flat and flat[0].shape[0] != static:
+            static = None  # Multi-row calls that do not add up to the static size.
+        key = (_signature(flat), static)
         if key not in self._concrete:
             specs = tf.nest.pack_sequence_as(
                 args,
-                [tf.TensorSpec((self._static_batch_size,) + shape, dtype) for dtype, shape in key],
+                [tf.TensorSpec((static,) + shape, dtype) for dtype, shape in key[0]],
             )
             self._concrete[key] = fn.get_concrete_function(*specs)
         return self._concrete[key]
@@ -491,16 +535,18 @@ def batch_fn_with_options(
 
         @batch_fn_with_options(maximum_batch_size=num_actors, timeout_ms=10)
         @tf.function
-        def inference(last_action, env_output, core_state):  # each a nest, leading dim 1
+        def inference(last_action, env_output, core_state):  # each a nest, leading dim n
             return agent((last_action, env_output), core_state)  # nest, leading dim B
 
     `f` is called (in one background thread) with positional arguments of the same structure
     as a caller's, every tensor `[B, ...]`; it must return a nest of tensors with leading
-    dimension B. Gradients do not flow through the batcher.
+    dimension B. A caller may pass n >= 1 rows (all its inputs `[n, ...]`) and gets its n rows
+    of every output back. Gradients do not flow through the batcher.
 
     Args:
-      minimum_batch_size: a batch starts once this many calls wait ...
-      maximum_batch_size: ... and never holds more calls than this.
+      minimum_batch_size: a batch starts once this many rows wait ...
+      maximum_batch_size: ... and never holds more rows than this (a larger single call is a
+        `ValueError`).
       timeout_ms: ... or once this many milliseconds have passed since the batch was asked
         for and at least one call waits. None: no timeout.
       implementation: 'python' (default) or 'queue' (`tf.queue.FIFOQueue`); see the module doc.

@@ -2,10 +2,16 @@
 
 `PyProcess(cls, *args, **kwargs)` starts `cls(*args, **kwargs)` in a child started with the
 `forkserver` start method (`spawn` where forkserver is unavailable), so a parent that has loaded
-TensorFlow is never forked. Calls travel over a pipe as pickles; one call is one round trip.
-As with `spawn`, the parent's `__main__` module is imported once (by the forkserver), so entry
-points keep their work under `if __name__ == '__main__':`; `cls` and its arguments must be
-picklable (module-level classes or functions).
+TensorFlow is never forked. Calls travel over a pipe as pickles; one call is one round trip, or
+two halves: `call_async` sends, `result` waits (so a batch of children can step together).
+`cls` and its arguments must be picklable (module-level classes or functions).
+
+A child imports only what it needs: the modules that define `cls` and its arguments. Unlike
+plain `multiprocessing`, it does not re-import the parent's `__main__` module (which may import
+TensorFlow and the agent) unless `cls` or an argument is defined there (then, as with `spawn`,
+entry points keep their work under `if __name__ == '__main__':`), and the forkserver preloads
+this package's environments module instead of `__main__`. `child_modules()` lists what a child
+has imported (tests check that environment workers import no TensorFlow).
 
 Robustness rules:
   * A constructor error is re-raised in the parent with the child's exception type and message
@@ -17,10 +23,13 @@ Robustness rules:
     joins the child (escalating to terminate/kill) so no zombie is left.
 """
 
+import io
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
+import sys
 import threading
 import traceback
 import weakref
@@ -31,6 +40,7 @@ from absl import logging
 
 _CLOSE = '__close__'
 _GETATTR = '__getattr__'
+_MODULES = '__modules__'
 _JOIN_TIMEOUT_S = 5.0
 
 
@@ -57,11 +67,72 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
+# What the forkserver imports once, before forking children (instead of the parent's
+# `__main__`): light modules every environment child needs.
+_FORKSERVER_PRELOAD = ['scalable_agent2.environments']
+_MAIN_KEYS = ('init_main_from_name', 'init_main_from_path')
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """`forkserver` (no fork of the TF parent; cheap starts), else `spawn`."""
     if 'forkserver' in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context('forkserver')
+        ctx = multiprocessing.get_context('forkserver')
+        # Only takes effect if the server has not started yet (it starts on first use).
+        ctx.set_forkserver_preload(_FORKSERVER_PRELOAD)
+        return ctx
     return multiprocessing.get_context('spawn')
+
+
+def _needs_main(payload: tuple) -> bool:
+    """Whether unpickling `payload` in the child needs the parent's `__main__` module."""
+    try:
+        return b'__main__' in pickle.dumps(payload)
+    except Exception:  # noqa: BLE001 - multiprocessing reports the pickling error itself.
+        return True
+
+
+def _process_class(ctx: multiprocessing.context.BaseContext, import_main: bool) -> type:
+    """`ctx.Process`, or for forkserver a subclass whose child skips importing `__main__`."""
+    if ctx.get_start_method() != 'forkserver' or import_main:
+        return ctx.Process
+    return _NoMainForkServerProcess
+
+
+def _no_main_popen(process_obj):
+    """A forkserver `Popen` whose preparation data leave out the parent's `__main__`.
+
+    The same steps as `multiprocessing.popen_forkserver.Popen._launch` (Python 3.11-3.12), with
+    the main-module keys removed, so the child does not run `import __main__` (e.g. a script
+    that imports TensorFlow at the top).
+    """
+    from multiprocessing import context, forkserver, popen_forkserver, reduction, spawn, util
+
+    class Popen(popen_forkserver.Popen):
+        def _launch(self, process_obj):
+            prep_data = spawn.get_preparation_data(process_obj._name)
+            for key in _MAIN_KEYS:
+                prep_data.pop(key, None)
+            buf = io.BytesIO()
+            context.set_spawning_popen(self)
+            try:
+                reduction.dump(prep_data, buf)
+                reduction.dump(process_obj, buf)
+            finally:
+                context.set_spawning_popen(None)
+            self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+            _parent_w = os.dup(w)
+            self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+            with open(w, 'wb', closefd=True) as f:
+                f.write(buf.getbuffer())
+            self.pid = forkserver.read_signed(self.sentinel)
+
+    return Popen(process_obj)
+
+
+if hasattr(multiprocessing.context, 'ForkServerProcess'):  # POSIX only.
+
+    class _NoMainForkServerProcess(multiprocessing.context.ForkServerProcess):
+        _Popen = staticmethod(_no_main_popen)
 
 
 def _pack_error(exc: BaseException) -> tuple[str, Any, str]:
@@ -103,6 +174,8 @@ def _worker(conn: multiprocessing.connection.Connection, factory, args, kwargs) 
         try:
             if name == _GETATTR:
                 result = getattr(obj, call_args[0])
+            elif name == _MODULES:
+                result = sorted(sys.modules)
             else:
                 result = getattr(obj, name)(*call_args, **call_kwargs)
             reply = ('ok', result)
@@ -152,7 +225,8 @@ class PyProcess:
       proc.close()
 
     Method calls are serialised with a lock, so several threads may share one `PyProcess`
-    (each call is still one round trip).
+    (each call is still one round trip). `call_async(name, ...)` then `result()` split a call in
+    two, so one thread can send to many children before waiting for any.
     """
 
     def __init__(
@@ -178,9 +252,12 @@ class PyProcess:
         self._name = getattr(cls, '__name__', repr(cls))
         self._lock = threading.Lock()
         self._closed = False
+        self._pending: str | None = None  # The method of an unanswered `call_async`.
+        self._pending_thread: threading.Thread | None = None
         ctx = _context()
         self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._process = ctx.Process(
+        process_class = _process_class(ctx, _needs_main((cls, args, kwargs)))
+        self._process = process_class(
             target=_worker,
             args=(child_conn, cls, args, kwargs),
             name=f'PyProcess-{self._name}',
@@ -246,28 +323,81 @@ class PyProcess:
           timeout: seconds to wait for the reply; None waits as long as the child lives. After a
             timeout the process is closed, since the pipe would be out of step.
         """
-        with self._lock:
+        self.call_async(name, *args, **kwargs)
+        return self.result(timeout)
+
+    def call_async(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Sends the call `name(*args, **kwargs)` and returns at once; `result()` gets its reply.
+
+        Until `result()` is called, other threads' calls on this `PyProcess` wait, and the
+        calling thread may make no other call (that raises `PyProcessError`).
+
+        Raises:
+          PyProcessDiedError: the child is already gone (nothing is pending then).
+          PyProcessError: the process is closed, or this thread has a call pending.
+        """
+        if self._pending_thread is threading.current_thread():
+            raise PyProcessError(
+                f'{self._name}: call {name!r} while call {self._pending!r} of this thread '
+                'awaits result()'
+            )
+        self._lock.acquire()
+        try:
             if self._closed:
                 raise PyProcessError(f'{self._name}: call {name!r} on a closed PyProcess')
             try:
                 self._conn.send((name, args, kwargs))
             except (BrokenPipeError, OSError):
                 self._process.join(_JOIN_TIMEOUT_S)
+                self._closed = True
+                self._finalizer()
                 raise PyProcessDiedError(
                     f'{self._name} (pid {self.pid}) is gone before call {name!r} '
                     f'(exit code {self._process.exitcode})'
                 ) from None
-            try:
-                return self._receive(timeout, what=f'call {name!r}')
-            except PyProcessTimeoutError:
-                self._closed = True
-                self._process.terminate()  # Busy in the call: a polite close would wait.
-                self._finalizer()
-                raise
-            except PyProcessDiedError:
-                self._closed = True
-                self._finalizer()
-                raise
+        except BaseException:
+            self._lock.release()
+            raise
+        self._pending = name
+        self._pending_thread = threading.current_thread()
+
+    @property
+    def pending(self) -> str | None:
+        """The method of the call that `call_async` sent and `result` has not collected."""
+        return self._pending
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Waits for the reply to the pending `call_async` and returns it (or raises its error).
+
+        Args:
+          timeout: seconds to wait; None waits as long as the child lives. After a timeout the
+            process is closed, since the pipe would be out of step.
+
+        Raises:
+          PyProcessError: no call is pending. Otherwise as `call`.
+        """
+        name = self._pending
+        if name is None or self._pending_thread is not threading.current_thread():
+            raise PyProcessError(f'{self._name}: result() without a pending call_async')
+        try:
+            return self._receive(timeout, what=f'call {name!r}')
+        except PyProcessTimeoutError:
+            self._closed = True
+            self._process.terminate()  # Busy in the call: a polite close would wait.
+            self._finalizer()
+            raise
+        except PyProcessDiedError:
+            self._closed = True
+            self._finalizer()
+            raise
+        finally:
+            self._pending = None
+            self._pending_thread = None
+            self._lock.release()
+
+    def child_modules(self, timeout: float | None = None) -> list[str]:
+        """The names of the modules the child has imported (`sys.modules`), sorted."""
+        return self.call(_MODULES, timeout=timeout)
 
     def get_attr(self, name: str, timeout: float | None = None) -> Any:
         """Returns the child's `getattr(obj, name)` (an attribute or property value)."""
@@ -285,16 +415,31 @@ class PyProcess:
         return method
 
     def close(self) -> None:
-        """Closes the object in the child and reaps the child. Idempotent; never hangs."""
-        if not self._lock.acquire(timeout=_JOIN_TIMEOUT_S):
+        """Closes the object in the child and reaps the child. Idempotent; never hangs.
+
+        A call of this thread still pending (`call_async` without `result`) is dropped.
+        """
+        if self._pending_thread is threading.current_thread():
+            self._pending = None
+            self._pending_thread = None
+            self._closed = True
+            try:
+                self._finalizer()
+            finally:
+                self._lock.release()
+            return
+        locked = self._lock.acquire(timeout=_JOIN_TIMEOUT_S)
+        if not locked:
             # Another thread is stuck in a call: end the child, which fails that call.
             self._process.terminate()
-            self._lock.acquire()
+            # A thread that sent with `call_async` and never collects keeps the lock: go on.
+            locked = self._lock.acquire(timeout=_JOIN_TIMEOUT_S)
         try:
             self._closed = True
             self._finalizer()  # Runs `_shutdown` at most once.
         finally:
-            self._lock.release()
+            if locked:
+                self._lock.release()
 
     def __enter__(self) -> 'PyProcess':
         return self

@@ -489,18 +489,6 @@ def restore_agent_for_test(cfg: config.ExperimentConfig, env: Any) -> RestoredAg
     )
 
 
-def recreate_environment(
-    cfg: config.ExperimentConfig, level: str, index: int
-) -> Callable[[int], Any]:
-    """What an actor calls to replace its dead environment: restart n gets its own seed."""
-
-    def create(restart: int) -> Any:
-        seed = cfg.env_seed(index) + 100_000 * restart
-        return environments.create_environment(level, cfg.environment, seed=seed, is_test=False)
-
-    return create
-
-
 # --------------------------------------------------------------------------------------------
 # Policies and stepping them.
 
@@ -601,32 +589,54 @@ def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return groups
 
 
-def build_thread_actors(
-    envs: Sequence[Any],
-    levels: Sequence[str],
+def build_batched_actor(
+    env_batch: Any,
     policy: actor.Policy,
     initial_state: Any,
     unroll_length: int,
     use_instruction: bool,
-    recreate: Sequence[Callable[[int], Any] | None],
-) -> list[Any]:
-    """The actor objects that one actor thread (or one distributed actor task) drives.
+) -> actor.BatchedActor:
+    """The actor that one actor thread (or one distributed actor task) drives: the E
+    environments of `env_batch` stepped together, one policy call per step for all E.
 
-    Each of `envs` yields its own unrolls of `unroll_length + 1` entries with its own core
-    state. Today this is one `actor.Actor` per environment, run in turn by the thread.
+    Each environment still yields its own unrolls of `unroll_length + 1` entries with its own
+    core state. A dead environment subprocess is rebuilt by the batch's own factory (a new
+    seed per restart), its row restarting with a zero core state.
     """
-    return [
-        actor.Actor(
-            env,
-            level,
-            policy,
-            initial_state,
-            unroll_length,
-            use_instruction=use_instruction,
-            recreate=rec,
-        )
-        for env, level, rec in zip(envs, levels, recreate, strict=True)
-    ]
+    return actor.BatchedActor(
+        env_batch,
+        policy,
+        initial_state,
+        unroll_length,
+        use_instruction=use_instruction,
+        recreate=lambda index, restart: None,  # None: the batch rebuilds environment `index`.
+    )
+
+
+def create_environment_batches(
+    cfg: config.ExperimentConfig,
+    levels: Sequence[str],
+    seeds: Sequence[int],
+    groups: Sequence[Sequence[int]],
+) -> list[Any]:
+    """One `environments.create_environment_batch` per group of positions in `levels` and
+    `seeds` (environment i plays `levels[i]` with seed `seeds[i]`); closes those already built
+    if one fails."""
+    batches: list[Any] = []
+    try:
+        for group in groups:
+            batches.append(
+                environments.create_environment_batch(
+                    [levels[i] for i in group],
+                    cfg.environment,
+                    [seeds[i] for i in group],
+                    is_test=False,
+                )
+            )
+    except BaseException:
+        close_all(batches)
+        raise
+    return batches
 
 
 def next_unrolls(a: Any) -> list[ActorOutput]:

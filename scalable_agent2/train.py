@@ -1,7 +1,8 @@
 """Single-machine training: actor threads, a small unroll queue, one learner.
 
 ```
-num_actor_threads threads hosting num_actors environments --unrolls--> FIFO queue (capacity 1)
+num_actor_threads threads, each stepping its share of the num_actors environments as one batch
+  (`actor.BatchedActor`) --unrolls--> FIFO queue (capacity 1)
   --> prefetch thread (stacks batch_size unrolls time-major into a `StagedBatch`)
   --> learner step (main thread) --> summaries, progress log, checkpoints
 ```
@@ -68,45 +69,39 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
     levels, suite = actor_levels(cfg)
 
     stop = threading.Event()
-    envs: list[Any] = []
+    batches: list[Any] = []
     actors: list[Any] = []
-    num_wrapped = 0  # envs[:num_wrapped] are held (and closed) by actors.
+    num_wrapped = 0  # batches[:num_wrapped] are held (and closed) by actors.
     policy = None
     workers = runtime.Workers(stop)
     writer = None
     # From here on SIGINT/SIGTERM stop training cleanly (set-up finishes first, then a save).
     signals = runtime.StopOnSignals(stop).__enter__()
     try:
-        for i, level in enumerate(levels):
-            envs.append(
-                environments.create_environment(
-                    level, cfg.environment, seed=cfg.env_seed(i), is_test=False
-                )
-            )
-        setup = runtime.set_up_training(cfg, envs, levels)
+        groups = runtime.split_evenly(range(len(levels)), cfg.num_actor_threads)
+        seeds = [cfg.env_seed(i) for i in range(len(levels))]
+        batches = runtime.create_environment_batches(cfg, levels, seeds, groups)
+        setup = runtime.set_up_training(cfg, batches, [levels[g[0]] for g in groups], levels)
         writer = summaries.TrainingSummaries(cfg.logdir, suite, levels)
         policy = runtime.make_batched_policy(setup.agent, cfg.inference_timeout_ms)
         unroll_queue: queue.Queue = queue.Queue(maxsize=1)
         staged = runtime.StagedBatch()
 
-        groups = runtime.split_evenly(range(len(envs)), cfg.num_actor_threads)
-        for k, group in enumerate(groups):
-            thread_actors = runtime.build_thread_actors(
-                [envs[i] for i in group],
-                [levels[i] for i in group],
+        for k, env_batch in enumerate(batches):
+            thread_actor = runtime.build_batched_actor(
+                env_batch,
                 policy,
                 setup.initial_state,
                 cfg.learner.unroll_length,
                 setup.agent_config.use_instruction,
-                [runtime.recreate_environment(cfg, levels[i], i) for i in group],
             )
-            actors.extend(thread_actors)
-            num_wrapped += len(group)
+            actors.append(thread_actor)
+            num_wrapped += 1
             workers.start(
                 f'actor_thread_{k}',
-                lambda a=thread_actors: runtime.actor_loop(a, unroll_queue, stop),
+                lambda a=thread_actor: runtime.actor_loop([a], unroll_queue, stop),
             )
-        logging.info('%d environments on %d actor threads.', len(envs), len(groups))
+        logging.info('%d environments on %d actor threads.', len(levels), len(groups))
         workers.start(
             'prefetch',
             lambda: runtime.prefetch_loop(
@@ -131,7 +126,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         if policy is not None:
             policy.close()
         workers.join()
-        # Actors close the environments they hold now (a restart may have replaced one).
-        runtime.close_all([*actors, *envs[num_wrapped:]])
+        # Actors close the environment batches they hold.
+        runtime.close_all([*actors, *batches[num_wrapped:]])
         if writer is not None:
             writer.close()

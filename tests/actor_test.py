@@ -45,6 +45,9 @@ class CountingEnv:
             self._step, self._return = 0, 0.0
         return StepOutput(np.float32(reward), info, done, self._obs(action))
 
+    def close(self):
+        pass
+
 
 class RecordingPolicy:
     """Deterministic numpy policy; the state counts calls. Records its inputs."""

@@ -156,15 +156,95 @@ def test_sonnet_module_built_by_the_first_batched_call(implementation, pool):
 
 
 @pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
-def test_input_batch_size_should_be_one(implementation):
-    f = _options(implementation)(lambda a: a)
+def test_every_input_needs_the_same_leading_batch_dimension(implementation):
+    """Calls may pass n >= 1 rows (not only 1), but every input of a call needs the same n."""
+    f = _options(implementation, maximum_batch_size=4)(lambda a, b=None: a)
     try:
-        with pytest.raises(ValueError, match='requires batch size 1'):
-            f(tf.constant([1, 2]))
-        with pytest.raises(ValueError, match='requires batch size 1'):
-            f((tf.constant([1]), tf.constant(3)))
-        # The batcher keeps serving afterwards.
+        with pytest.raises(ValueError, match='requires batch size >= 1'):
+            f((tf.constant([1]), tf.constant(3)))  # A scalar has no batch dimension.
+        with pytest.raises(ValueError, match='requires batch size >= 1'):
+            f(tf.zeros([0, 2]))
+        with pytest.raises(ValueError, match='same batch size'):
+            f(tf.constant([1, 2]), tf.constant([[1], [2], [3]]))
+        with pytest.raises(ValueError, match='5 rows exceeds maximum_batch_size 4'):
+            f(tf.constant([1, 2, 3, 4, 5]))  # Refused, not served alone.
+        # The batcher keeps serving afterwards, one row or several.
         np.testing.assert_array_equal(f(tf.constant([7])), [7])
+        np.testing.assert_array_equal(f(tf.constant([1, 2, 3, 4])), [1, 2, 3, 4])
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_multi_row_calls_are_concatenated_and_split_back(implementation, pool):
+    """Calls of 1..4 rows from many threads: each gets exactly its rows back, in order."""
+    seen = []
+
+    def g(a, b):
+        seen.append(int(tf.shape(a)[0]))
+        return a * 10 + tf.cast(b, a.dtype)[:, None], tf.fill(tf.shape(a)[:1], tf.shape(a)[0])
+
+    f = _options(implementation, maximum_batch_size=6, timeout_ms=5)(g)
+    try:
+        sizes = [1 + i % 4 for i in range(40)]
+        starts = np.cumsum([0] + sizes[:-1])
+        inputs = [
+            (np.arange(s, s + n, dtype=np.int64)[:, None] * np.ones([1, 3], np.int64),
+             np.full([n], i, np.int32))
+            for i, (s, n) in enumerate(zip(starts, sizes))
+        ]  # fmt: skip
+        futures = [pool.submit(f, *args) for args in inputs]
+        for (a, b), n, future in zip(inputs, sizes, futures):
+            got, batch_size = future.result(_WAIT_S)
+            assert got.shape == (n, 3) and batch_size.shape == (n,)
+            np.testing.assert_array_equal(got, a * 10 + b[:, None])
+        # Rows are counted: no batch holds more than 6, and calls joined batches whole.
+        assert max(seen) <= 6 and sum(seen) == sum(sizes)
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_minimum_batch_size_counts_rows(implementation, pool):
+    f = _options(implementation, minimum_batch_size=4, maximum_batch_size=8, timeout_ms=None)(
+        _sum_and_batch_size
+    )
+    try:
+        first = pool.submit(f, tf.constant([1, 2, 3]), tf.constant([0, 0, 0]))
+        _wait_until(lambda: _pending(f) == 1, 'the 3-row call waits')
+        time.sleep(0.1)
+        assert not first.done()  # 3 rows < 4: no batch yet.
+        second = pool.submit(f, tf.constant([4, 5]), tf.constant([1, 1]))
+        result, batch_size = first.result(_WAIT_S)
+        np.testing.assert_array_equal(result, [1, 2, 3])
+        np.testing.assert_array_equal(batch_size, [5, 5, 5])
+        result, batch_size = second.result(_WAIT_S)
+        np.testing.assert_array_equal(result, [5, 6])
+        np.testing.assert_array_equal(batch_size, [5, 5])
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_a_call_that_does_not_fit_waits_for_the_next_batch(implementation, pool):
+    batches = []
+
+    def g(a):
+        batches.append(a.numpy().tolist())
+        return a
+
+    f = _options(implementation, minimum_batch_size=5, maximum_batch_size=5, timeout_ms=None)(g)
+    try:
+        futures = [pool.submit(f, np.full([3], 0, np.int32))]
+        _wait_until(lambda: _pending(f) == 1, 'the first call waits')
+        # 3 + 3 rows reach the minimum, but 6 > 5: the first call runs alone (whole calls, in
+        # arrival order), the second waits for the next batch, which the third completes.
+        futures.append(pool.submit(f, np.full([3], 1, np.int32)))
+        _wait_until(lambda: len(batches) == 1 and _pending(f) == 1, 'the first batch ran')
+        futures.append(pool.submit(f, np.full([2], 2, np.int32)))
+        for i, (n, future) in enumerate(zip([3, 3, 2], futures)):
+            np.testing.assert_array_equal(future.result(_WAIT_S), [i] * n)
+        assert batches == [[0, 0, 0], [1, 1, 1, 2, 2]]
     finally:
         f.close()
 
@@ -362,6 +442,8 @@ def test_static_shape_only_when_min_equals_max_and_no_timeout(implementation, po
         futures = [pool.submit(f2, tf.constant([i])) for i in range(2)]
         assert [int(x.result(_WAIT_S)[0]) for x in futures] == [0, 1]
         assert traced == {'f0': [None], 'f1': [None], 'f2': [2]}
+        np.testing.assert_array_equal(f2(tf.constant([5, 6])), [5, 6])  # One 2-row call.
+        assert traced['f2'] == [2]
     finally:
         for f in (f0, f1, f2):
             f.close()

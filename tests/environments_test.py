@@ -170,3 +170,67 @@ def test_shared_memory_is_unlinked_after_a_crash():
             env.step(0)
     env.close()
     assert not os.path.exists(f'/dev/shm/{name}')
+
+
+_HEAVY_MODULES = ('tensorflow', 'sonnet', 'scalable_agent2.networks', 'scalable_agent2.actor')
+
+
+@pytest.mark.parametrize('level', ['gym/CartPole-v1', 'atari/Pong'])
+def test_environment_workers_import_no_tensorflow(level):
+    import tensorflow as tf
+
+    assert int(tf.constant(1) + 1) == 2  # The parent has TensorFlow loaded and running.
+    with environments.create_environment(level, config_lib.EnvironmentConfig(), 0, False) as env:
+        env.initial()
+        modules = env._process.child_modules()
+    assert 'scalable_agent2.environments' in modules
+    heavy = [m for m in modules if m.split('.')[0] in _HEAVY_MODULES or m in _HEAVY_MODULES]
+    assert not heavy, f'an environment worker imported {heavy[:5]}'
+
+
+_TF_MAIN_SCRIPT = """
+import tensorflow as tf  # A main module that imports TensorFlow at the top.
+
+from scalable_agent2 import config, environments, py_process
+
+
+class MainCounter:  # Defined in __main__: its child must import the main module.
+    def value(self):
+        return 41 + 1
+
+
+if __name__ == '__main__':
+    assert int(tf.constant(1) + 1) == 2
+    cfg = config.EnvironmentConfig(num_action_repeats=1)
+    batch = environments.create_environment_batch(['gym/CartPole-v1'] * 2, cfg, [1, 2], False)
+    batch.initial()
+    for env in batch.envs:
+        modules = env._process.child_modules()
+        assert 'tensorflow' not in modules, 'worker imported tensorflow (or this script)'
+    batch.close()
+    proc = py_process.PyProcess(MainCounter)
+    assert proc.value() == 42
+    assert 'tensorflow' in proc.child_modules()  # Its main module imports TensorFlow.
+    proc.close()
+    print('ok', flush=True)
+"""
+
+
+def test_environment_workers_skip_a_main_module_that_imports_tensorflow(tmp_path):
+    """A script importing TensorFlow at the top: its environment workers import neither it
+    nor TensorFlow (so TensorFlow's start-up lines appear once), while a PyProcess whose
+    factory is defined in the script still gets it."""
+    import subprocess
+
+    script = tmp_path / 'tf_main.py'
+    script.write_text(_TF_MAIN_SCRIPT)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-3000:]
+    # TensorFlow's C++ start-up banner: printed by the parent and by the one child whose main
+    # module imports TensorFlow, not once per environment worker.
+    banner = [line for line in out.stderr.splitlines() if 'cpu_feature_guard' in line]
+    assert len(banner) <= 2, out.stderr[-3000:]

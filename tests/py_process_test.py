@@ -223,3 +223,70 @@ def test_tf_parent_and_children_closed_at_interpreter_exit(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert _wait_gone(int(out.stdout.split()[-1]))
+
+
+def test_call_async_sends_to_many_children_before_waiting_for_any():
+    procs = [py_process.PyProcess(Counter, 10 * i) for i in range(3)]
+    try:
+        for proc in procs:
+            proc.call_async('sleep', 1.0)
+        start = time.monotonic()
+        assert [proc.result() for proc in procs] == [None] * 3
+        assert time.monotonic() - start < 2.7  # They slept at the same time (not 3 s).
+        for proc in procs:
+            proc.call_async('increment', times=2)
+            assert proc.pending == 'increment'
+        assert [proc.result() for proc in procs] == [2, 12, 22]
+        assert procs[0].pending is None
+        # The child's errors come back through result(), and the pipe stays in step.
+        procs[0].call_async('fail', 'boom')
+        with pytest.raises(KeyError, match='boom'):
+            procs[0].result()
+        assert procs[0].increment() == 3
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+def test_call_async_misuse_is_an_error_not_a_hang():
+    import threading
+
+    with py_process.PyProcess(Counter, 0) as proc:
+        with pytest.raises(py_process.PyProcessError, match='without a pending'):
+            proc.result()
+        proc.call_async('increment')
+        with pytest.raises(py_process.PyProcessError, match='awaits result'):
+            proc.call('increment')
+        # Another thread's call waits for this thread's result().
+        got = []
+        other = threading.Thread(target=lambda: got.append(proc.increment()))
+        other.start()
+        time.sleep(0.2)
+        assert not got
+        assert proc.result() == 1
+        other.join(timeout=10)
+        assert got == [2]
+
+
+def test_close_with_a_pending_async_call_and_a_dead_child():
+    proc = py_process.PyProcess(Counter, 0)
+    proc.call_async('sleep', 60)
+    start = time.monotonic()
+    proc.close()  # Drops the pending call.
+    assert time.monotonic() - start < 20 and not proc.is_alive()
+
+    proc = py_process.PyProcess(Counter, 0)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert _wait_gone(proc.pid) or not proc.is_alive()
+    with pytest.raises(py_process.PyProcessDiedError):
+        proc.call_async('increment')  # The pipe is broken (or the reply never comes).
+        proc.result()
+    assert proc.pending is None
+    proc.close()
+
+
+def test_child_modules_lists_what_the_child_imported():
+    with py_process.PyProcess(Counter, 0) as proc:
+        modules = proc.child_modules()
+    assert 'tests.py_process_test' in modules and 'numpy' in modules
+    assert 'tensorflow' not in modules

@@ -5,8 +5,15 @@
   * `atari/<Game>` -> `environments.atari.AtariEnvironment` (ALE, IMPALA preprocessing);
   * anything else  -> `environments.dmlab.DmLab` (a DeepMind Lab level).
 The suite's raw environment runs in its own subprocess wrapped in `FlowEnvironment`, so one agent
-step is one round trip. Suite names (`dmlab30`, `atari57`) are expanded to level names with
-`expand_level_names`; actor `i` gets `names[i % len(names)]`.
+step is one round trip.
+
+`create_environment_batch(level_names, config, seeds, is_test)` builds an `EnvironmentBatch`
+of E environments stepped together (see `environments.batched`): Atari levels run in one ale-py
+`AtariVectorEnv` per game in this process (`atari.AtariBatch`), other levels as E subprocesses
+stepped together (`batched.SubprocessBatch`).
+
+Suite names (`dmlab30`, `atari57`) are expanded to level names with `expand_level_names`; actor
+`i` gets `names[i % len(names)]`.
 """
 
 import weakref
@@ -17,7 +24,10 @@ import numpy as np
 
 from scalable_agent2 import config as config_lib
 from scalable_agent2 import py_process
+from scalable_agent2.environments import batched
 from scalable_agent2.environments.base import FlowEnvironment, ObservationSpec
+from scalable_agent2.environments.batched import EnvironmentBatch
+from scalable_agent2.environments.batched import EnvironmentsDiedError as EnvironmentsDiedError
 from scalable_agent2.errors import UsageError
 from scalable_agent2.types import StepOutput, StepOutputInfo, game_over_or_done
 
@@ -246,6 +256,25 @@ class Environment:
         """One agent step; on episode end `observation` is the next episode's first."""
         return self._unpack(self._process.call('step', int(action)))
 
+    def step_async(self, action: int) -> None:
+        """Sends one agent step and returns at once; `step_wait()` returns its output."""
+        self._process.call_async('step', int(action))
+
+    def initial_async(self) -> None:
+        """Sends `initial()` and returns at once; `step_wait()` returns its output."""
+        self._process.call_async('initial')
+
+    def step_wait(self) -> StepOutput:
+        """The output of the pending `step_async` or `initial_async`."""
+        return self._unpack(self._process.result())
+
+    def _wait_packed(self) -> tuple[_Packed, np.ndarray | None]:
+        """The pending call's small fields, and the shared frame (None: it is in the fields).
+
+        The shared frame is a view the next step overwrites: copy it before stepping again.
+        """
+        return self._process.result(), self._frame
+
     def close(self) -> None:
         """Closes the environment, its subprocess and shared memory. Idempotent."""
         self._process.close()
@@ -290,3 +319,88 @@ def create_environment(
     except BaseException:
         process.close()
         raise
+
+
+def create_environment_batch(
+    level_names: list[str] | tuple[str, ...],
+    config: config_lib.EnvironmentConfig,
+    seeds: list[int] | tuple[int, ...],
+    is_test: bool,
+    *,
+    use_shared_memory: bool = True,
+    atari_num_threads: int | None = None,
+) -> EnvironmentBatch:
+    """Builds E environments that are stepped as one batch.
+
+    Environment i plays `level_names[i]` with seed `seeds[i]` and produces, step for step, what
+    `create_environment(level_names[i], config, seeds[i], is_test)` would.
+
+    Args:
+      level_names: E level names, as for `create_environment`; they may differ.
+      config: `EnvironmentConfig`.
+      seeds: E seeds.
+      is_test: evaluation mode.
+      use_shared_memory: for subprocess environments, as in `create_environment`.
+      atari_num_threads: threads of each Atari vector environment (None: one per environment,
+        at most one per CPU).
+
+    Returns:
+      All Atari levels of one game -> `atari.AtariBatch`; no Atari level -> a
+      `batched.SubprocessBatch`; a mix (e.g. atari57) -> a `batched.CombinedBatch` of one such
+      batch per game and one for the rest, in the order of `level_names`.
+
+    Raises:
+      ValueError: no levels, as many seeds as levels not given, or as `create_environment`.
+    """
+    config.validate()
+    level_names, seeds = list(level_names), [int(s) for s in seeds]
+    if not level_names:
+        raise ValueError('create_environment_batch needs at least one level name')
+    if len(seeds) != len(level_names):
+        raise ValueError(f'got {len(level_names)} level names but {len(seeds)} seeds')
+    groups: dict[str, list[int]] = {}
+    for i, level_name in enumerate(level_names):
+        suite, name = _suite_of(level_name)  # Fail fast for names we can check cheaply.
+        if suite == 'atari':
+            from scalable_agent2.environments import atari
+
+            key = 'atari/' + atari.rom_id(name)
+        else:
+            key = ''  # Every other level: subprocesses in one batch.
+        groups.setdefault(key, []).append(i)
+
+    def build(key: str, indices: list[int]) -> EnvironmentBatch:
+        names = [level_names[i] for i in indices]
+        group_seeds = [seeds[i] for i in indices]
+        if key:
+            from scalable_agent2.environments import atari
+
+            return atari.AtariBatch(names, config, group_seeds, is_test, atari_num_threads)
+
+        def factory(j: int, restart: int) -> Environment:
+            seed = group_seeds[j] + 100_000 * restart
+            return create_environment(
+                names[j], config, seed, is_test, use_shared_memory=use_shared_memory
+            )
+
+        envs = []
+        try:
+            for j in range(len(names)):
+                envs.append(factory(j, 0))
+            return batched.SubprocessBatch(envs, factory=factory)
+        except BaseException:
+            for env in envs:
+                env.close()
+            raise
+
+    parts: list[EnvironmentBatch] = []
+    try:
+        for key, indices in groups.items():
+            parts.append(build(key, indices))
+    except BaseException:
+        for part in parts:
+            part.close()
+        raise
+    if len(parts) == 1:
+        return parts[0]
+    return batched.CombinedBatch(parts, list(groups.values()))

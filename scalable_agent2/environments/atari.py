@@ -18,16 +18,24 @@ field:
     et al. 2018).
 Rewards are not clipped here (the learner clips); games start without an automatic FIRE.
 Frames are uint8 `[size, size, stack]`, oldest first.
+
+`AtariBatch` runs E games of one ROM in one `AtariVectorEnv` (E C++ emulators, stepped by its
+threads) as an `environments.batched.EnvironmentBatch`, each game exactly as `AtariEnvironment`
+with the same seed inside `FlowEnvironment`.
 """
 
 import functools
+import os
+from collections.abc import Sequence
 
 import ale_py
 import numpy as np
 
 from scalable_agent2 import config as config_lib
 from scalable_agent2.environments.base import Observation, ObservationSpec
+from scalable_agent2.environments.batched import EnvironmentBatch, check_actions
 from scalable_agent2.errors import UsageError
+from scalable_agent2.types import StepOutput
 
 
 def _squash(name: str) -> str:
@@ -88,6 +96,32 @@ def _full_action_map(rom: str) -> list[int]:
     return mapping
 
 
+def _vector_env(
+    rom: str, config: config_lib.EnvironmentConfig, num_envs: int, num_threads: int
+) -> ale_py.AtariVectorEnv:
+    """ale-py's C++ vector environment with the IMPALA preprocessing of `config`."""
+    return ale_py.AtariVectorEnv(
+        rom,
+        num_envs=num_envs,
+        num_threads=num_threads,
+        max_num_frames_per_episode=config.atari_max_episode_frames,
+        repeat_action_probability=config.atari_sticky_action_prob,
+        full_action_space=config.atari_full_action_space,
+        # On game end the same step returns the next game's first frame.
+        autoreset_mode='SameStep',
+        img_height=config.atari_frame_size,
+        img_width=config.atari_frame_size,
+        grayscale=True,
+        stack_num=config.atari_frame_stack,
+        frameskip=config.num_action_repeats,
+        maxpool=True,
+        noop_max=config.atari_noop_max,
+        episodic_life=False,  # Life loss is handled here, so the game is not reset.
+        reward_clipping=False,
+        use_fire_reset=False,
+    )
+
+
 class AtariEnvironment:
     """One ALE game with IMPALA preprocessing, implementing `RawEnvironment`."""
 
@@ -100,26 +134,7 @@ class AtariEnvironment:
           seed: seeds the emulator and the no-op starts.
           is_test: evaluation mode: a lost life never ends the episode.
         """
-        self._env = ale_py.AtariVectorEnv(
-            rom_id(game),
-            num_envs=1,
-            num_threads=1,
-            max_num_frames_per_episode=config.atari_max_episode_frames,
-            repeat_action_probability=config.atari_sticky_action_prob,
-            full_action_space=config.atari_full_action_space,
-            # On game end the same step returns the next game's first frame.
-            autoreset_mode='SameStep',
-            img_height=config.atari_frame_size,
-            img_width=config.atari_frame_size,
-            grayscale=True,
-            stack_num=config.atari_frame_stack,
-            frameskip=config.num_action_repeats,
-            maxpool=True,
-            noop_max=config.atari_noop_max,
-            episodic_life=False,  # Life loss is handled here, so the game is not reset.
-            reward_clipping=False,
-            use_fire_reset=False,
-        )
+        self._env = _vector_env(rom_id(game), config, num_envs=1, num_threads=1)
         self._seed = seed
         self._life_loss_ends_episode = config.atari_terminal_on_life_loss and not is_test
         self._num_actions = int(self._env.single_action_space.n)
@@ -187,3 +202,136 @@ class AtariEnvironment:
 
     def close(self) -> None:
         self._env.close()
+
+
+class AtariBatch(EnvironmentBatch):
+    """E games of one ROM in one ale-py `AtariVectorEnv`, as an `EnvironmentBatch`.
+
+    The emulators step in the vector environment's C++ threads, which release the GIL: `send`
+    returns at once and `receive` waits, so the caller's work in between (and other Python
+    threads) overlaps the stepping. Row i produces exactly what
+    `FlowEnvironment(AtariEnvironment(game, config, seeds[i], is_test))` (i.e.
+    `create_environment('atari/<game>', config, seeds[i], is_test)`) produces: same seeds,
+    no-op starts, sticky actions, life-loss episodes (training only), frame cap, action set and
+    episode statistics (`info` runs over the whole game; `game_over` marks its end).
+    """
+
+    def __init__(
+        self,
+        level_names: Sequence[str],
+        config: config_lib.EnvironmentConfig,
+        seeds: Sequence[int],
+        is_test: bool,
+        num_threads: int | None = None,
+    ):
+        """Builds the vector environment (no game starts before `initial()`).
+
+        Args:
+          level_names: E names of one game (`atari/<Game>` in any accepted spelling).
+          config: `EnvironmentConfig` (the `atari_*` fields and `num_action_repeats`).
+          seeds: E seeds; game i is seeded with `seeds[i]` at its first reset.
+          is_test: evaluation mode: a lost life never ends the episode.
+          num_threads: C++ threads stepping the games (None: one per game, at most one per CPU).
+        """
+        level_names = list(level_names)
+        if not level_names or len(seeds) != len(level_names):
+            raise ValueError(
+                f'AtariBatch needs one seed per level: {len(level_names)} levels, '
+                f'{len(seeds)} seeds'
+            )
+        games = {rom_id(name.split('/', 1)[-1]) for name in level_names}
+        if len(games) != 1:
+            raise ValueError(f'an AtariBatch runs one game, got {sorted(games)}')
+        rom = games.pop()
+        self.num_envs = len(level_names)
+        self.level_names = level_names
+        if num_threads is None:
+            num_threads = min(self.num_envs, os.cpu_count() or 1)
+        self._env = _vector_env(rom, config, num_envs=self.num_envs, num_threads=num_threads)
+        self._seeds = np.asarray(seeds, np.int64)
+        self._life_loss_ends_episode = config.atari_terminal_on_life_loss and not is_test
+        self.num_actions = int(self._env.single_action_space.n)
+        self._action_map = None  # As AtariEnvironment's, as an array.
+        if config.atari_full_action_space and self.num_actions < _NUM_FULL_ACTIONS:
+            self._action_map = np.asarray(_full_action_map(rom), np.int32)
+            self.num_actions = _NUM_FULL_ACTIONS
+        size, stack = config.atari_frame_size, config.atari_frame_stack
+        self.observation_spec = ObservationSpec((size, size, stack), 'uint8', False)
+        self._lives = np.zeros(self.num_envs, np.int64)
+        self._episode_return = np.zeros(self.num_envs, np.float64)  # As FlowEnvironment's.
+        self._episode_step = np.zeros(self.num_envs, np.int64)
+        self._sent = False
+        self._closed = False
+
+    def _write_frames(self, obs: np.ndarray, out: StepOutput) -> None:
+        # [E, stack, H, W] -> [E, H, W, stack].
+        np.copyto(out.observation[0], np.transpose(obs, (0, 2, 3, 1)))
+
+    def initial(self, out: StepOutput | None = None) -> StepOutput:
+        """Starts a game in every environment (seeded the first time, as the single env)."""
+        if self._sent:
+            self._env.recv()  # Drop a step in flight.
+            self._sent = False
+        if out is None:
+            out = self.empty_outputs()
+        seeds, self._seeds = self._seeds, None
+        obs, info = self._env.reset(seed=seeds)
+        self._lives[:] = info['lives']
+        self._episode_return[:] = 0.0
+        self._episode_step[:] = 0
+        out.reward[...] = 0.0
+        out.info.episode_return[...] = 0.0
+        out.info.episode_step[...] = 0
+        out.info.game_over[...] = True
+        out.done[...] = True
+        self._write_frames(obs, out)
+        out.observation[1][...] = ''
+        return out
+
+    def send(self, actions: np.ndarray) -> None:
+        actions = check_actions(actions, self.num_envs, self.num_actions)
+        if self._sent:
+            raise RuntimeError('send() again before receive()')
+        if self._action_map is not None:
+            actions = self._action_map[actions]
+        self._env.send(actions)
+        self._sent = True
+
+    def receive(self, out: StepOutput | None = None) -> StepOutput:
+        if not self._sent:
+            raise RuntimeError('receive() without send()')
+        obs, reward, terminated, truncated, info = self._env.recv()
+        self._sent = False
+        env_ids = info['env_id']
+        if not np.array_equal(env_ids, np.arange(self.num_envs)):  # Results in env order.
+            order = np.argsort(env_ids)
+            obs, reward, terminated, truncated = (
+                obs[order], reward[order], terminated[order], truncated[order]
+            )  # fmt: skip
+            lives = info['lives'][order]
+        else:
+            lives = info['lives']
+        if out is None:
+            out = self.empty_outputs()
+        game_over = np.logical_or(terminated, truncated)
+        life_lost = (lives < self._lives) & ~game_over
+        self._lives[:] = lives
+        done = game_over | (life_lost & self._life_loss_ends_episode)
+        self._episode_return += reward
+        self._episode_step += 1
+        out.reward[...] = reward
+        out.info.episode_return[...] = self._episode_return
+        out.info.episode_step[...] = self._episode_step
+        out.info.game_over[...] = game_over
+        out.done[...] = done
+        self._write_frames(obs, out)
+        out.observation[1][...] = ''
+        # Counters run over the whole game (a lost life does not reset them).
+        self._episode_return[game_over] = 0.0
+        self._episode_step[game_over] = 0
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._env.close()
