@@ -33,7 +33,7 @@ In the same run, as limits:
 
 Extra flags after `--` go to every training run (e.g. `-- --intra_op_threads=1`); the model
 costs are measured with the TensorFlow thread pools `--intra_op_threads`/`--inter_op_threads`
-of this script (default: as the CLI's, half the cores each).
+of this script (default: as the CLI's, one thread per core each).
 """
 
 import argparse

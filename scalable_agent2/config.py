@@ -407,7 +407,7 @@ class ExperimentConfig:
       envs_per_actor: environments one distributed actor task hosts; task i hosts environment
         indices `i * envs_per_actor + j` (levels and seeds as actors of those indices).
       intra_op_threads, inter_op_threads: TensorFlow's thread pools, set once at the start of
-        a program; 0 = half the cores.
+        a program; 0 = one thread per core.
       seed: seeds TensorFlow and numpy.
       env_seed_offset: shifts every environment seed (for multi-seed studies); as the
         original, actor (or task) i's environment has seed `i + 1 + env_seed_offset` and each
@@ -454,10 +454,10 @@ class ExperimentConfig:
         'i*E .. i*E+E-1, levels and seeds as single-environment actors of those indices).',
     )
     intra_op_threads: int = flag_field(
-        0, "TensorFlow's intra-op thread pool (threads per op); 0: half the cores."
+        0, "TensorFlow's intra-op thread pool (threads per op); 0: one per core."
     )
     inter_op_threads: int = flag_field(
-        0, "TensorFlow's inter-op thread pool (ops run in parallel); 0: half the cores."
+        0, "TensorFlow's inter-op thread pool (ops run in parallel); 0: one per core."
     )
     seed: int = flag_field(1, 'Random seed (TensorFlow and numpy).')
     env_seed_offset: int = flag_field(
