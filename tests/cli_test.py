@@ -477,7 +477,9 @@ def test_sigkill_of_an_environment_mid_run_is_recreated_and_training_finishes(tm
                 proc.kill()
                 proc.wait()
     text = log_path.read_text()
-    assert re.search(r'Environment of gym/CartPole-v1 died .*recreating it \(restart 1\)', text)
+    assert re.search(
+        r'Environment \d+ \(gym/CartPole-v1\) of a batch died .*recreating it \(restart 1\)', text
+    )
     assert 'exit code -9' in text
     stopped = re.search(r'Training stopped at (\d+) environment frames', text)
     assert stopped and int(stopped.group(1)) >= total, text[-3000:]
