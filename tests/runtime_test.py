@@ -490,4 +490,4 @@ def test_configure_tf_threads_before_and_after_tensorflow_starts():
     # Set before TF ran; fixed (and a second request ignored with a warning) after.
     assert proc.stdout.split('\n')[:4] == ['(1, 3)', '2.0', '1 3', '(1, 3)']
     assert 'TensorFlow threads stay intra-op 1, inter-op 3' in proc.stderr
-    assert runtime.default_num_threads() == max(1, (os.cpu_count() or 2) // 2)
+    assert runtime.default_num_threads() == max(1, os.cpu_count() or 1)
