@@ -420,7 +420,8 @@ def unroll_spec(
 class UnrollQueue:
     """The learner-hosted FIFO queue of unrolls, shared by name between processes.
 
-    Create it (with the same spec) in the learner and in every actor after connecting.
+    Create it in the learner before publishing parameters, and in every actor once
+    `ParameterStore.wait_published` returns (so the learner's layout is the one created).
     """
 
     def __init__(self, spec: ActorOutput, capacity: int, learner_address: str = 'the learner'):

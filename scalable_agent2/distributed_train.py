@@ -101,7 +101,6 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
     obs_spec = setup.observation_spec
 
     store = distributed.ParameterStore(setup.agent.variables, cluster.learner_address)
-    store.publish(int(setup.learner.num_learner_steps.numpy()))  # Continues on resume.
     spec = distributed.unroll_spec(
         obs_spec.frame_shape,
         obs_spec.frame_dtype,
@@ -110,6 +109,9 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
         cfg.learner.unroll_length,
     )
     unroll_queue = distributed.UnrollQueue(spec, cluster.queue_capacity)
+    # Published only once the queue exists: actors attach to the queue after they see the
+    # parameters, so the learner's layout is always the one created.
+    store.publish(int(setup.learner.num_learner_steps.numpy()))  # Continues on resume.
     staged = runtime.StagedBatch()
     workers = runtime.Workers(stop)
     writer = summaries.TrainingSummaries(cfg.logdir, suite, level_names)
@@ -194,10 +196,10 @@ def run_actor(
             initial_state,
             cfg.learner.unroll_length,
         )
+        store.wait_published(cluster.connect_timeout_secs)
         unroll_queue = distributed.UnrollQueue(
             spec, cluster.queue_capacity, cluster.learner_address
         )
-        store.wait_published(cluster.connect_timeout_secs)
         actors = [
             runtime.build_batched_actor(
                 batches[0],

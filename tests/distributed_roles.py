@@ -117,8 +117,8 @@ def run_learner(args: argparse.Namespace) -> int:
     distributed.start_learner_server(cluster)
     variables = [tf.Variable(v) for v in initial_values()]
     store = distributed.ParameterStore(variables)
-    store.publish(0)
     queue = distributed.UnrollQueue(spec(), cluster.queue_capacity)
+    store.publish(0)  # After the queue: actors attach to it once they see parameters.
     log.write(event='ready')
     for step in range(1, args.steps + 1):
         batch = queue.dequeue_batch(args.batch_size)
@@ -164,10 +164,10 @@ def run_actor(args: argparse.Namespace) -> int:
             unroll_spec = distributed.unroll_spec(
                 FRAME_SHAPE, np.uint8, NUM_ACTIONS, initial_state(), UNROLL_LENGTH + 1
             )
+        store.wait_published(cluster.connect_timeout_secs)
         queue = distributed.UnrollQueue(
             unroll_spec, cluster.queue_capacity, cluster.learner_address
         )
-        store.wait_published(cluster.connect_timeout_secs)
         log.write(event='connected', task=args.task)
         i = 0
         while args.unrolls <= 0 or i < args.unrolls:
