@@ -133,6 +133,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
             setup.checkpointer,
             writer,
             queue_size=_queue_size(unroll_queue, cluster.queue_capacity),
+            variables=setup.agent.variables,
             publish=runtime.PublishParameters(store, cluster.publish_interval),
         )
         steps = runtime.learner_loop(setup.learner, staged, hooks, stop)

@@ -46,7 +46,7 @@ from scalable_agent2 import (
     networks,
     summaries,
 )
-from scalable_agent2.errors import UsageError
+from scalable_agent2.errors import RunAbortedError, UsageError
 from scalable_agent2.types import ActorOutput, StepOutput, StepOutputInfo
 
 POLL_SECS = 0.1
@@ -744,6 +744,10 @@ class Hook:
     def after_step(self, step: LearnerStep) -> None:
         """Called after each learner step, in the order the hooks were given."""
 
+    def on_error(self, error: BaseException, frames: int) -> None:
+        """Called once, in order, when a learner step or a hook raised `error` (which then
+        propagates), with the frame counter at that moment."""
+
 
 def learner_loop(
     the_learner: Any,
@@ -769,17 +773,22 @@ def learner_loop(
     for hook in hooks:
         hook.begin(frames)
     steps = 0
-    while not stop.is_set() and not any(hook.should_stop(frames) for hook in hooks):
-        batch = fetch(stop)
-        if batch is None:
-            break
-        metrics = the_learner.step(batch)
-        steps += 1
-        frames = frames_of(the_learner)
-        total_steps = int(metrics.get('num_learner_steps', steps))
-        info = LearnerStep(steps, total_steps, frames, batch, metrics, time.monotonic())
+    try:
+        while not stop.is_set() and not any(hook.should_stop(frames) for hook in hooks):
+            batch = fetch(stop)
+            if batch is None:
+                break
+            metrics = the_learner.step(batch)
+            steps += 1
+            frames = frames_of(the_learner)
+            total_steps = int(metrics.get('num_learner_steps', steps))
+            info = LearnerStep(steps, total_steps, frames, batch, metrics, time.monotonic())
+            for hook in hooks:
+                hook.after_step(info)
+    except BaseException as e:
         for hook in hooks:
-            hook.after_step(info)
+            hook.on_error(e, frames_of(the_learner))
+        raise
     return steps
 
 
@@ -805,6 +814,39 @@ class DivergenceGuard(Hook):
             'causes: a learning rate too high for the batch size, too small an RMSProp '
             'epsilon, no --max_grad_norm, rewards or observations with NaN/Inf'
         )
+
+
+class SaveOnError(Hook):
+    """A learner step or hook that fails saves a checkpoint first, unless the parameters are not
+    all finite (then nothing is saved: the newest checkpoint stays the last good one).
+
+    Diagnosed aborts (`RunAbortedError`, e.g. divergence) have saved already and are skipped.
+    """
+
+    def __init__(self, ckpt: Any, variables: Sequence[tf.Variable]):
+        self._ckpt = ckpt
+        self._variables = list(variables)
+
+    def _all_finite(self) -> bool:
+        return all(
+            bool(tf.reduce_all(tf.math.is_finite(v)))
+            for v in self._variables
+            if v.dtype.is_floating
+        )
+
+    def on_error(self, error: BaseException, frames: int) -> None:
+        if isinstance(error, RunAbortedError):
+            return
+        if not self._all_finite():
+            logging.error('The learner failed (%r) with non-finite parameters; not saved.', error)
+            return
+        try:
+            path = self._ckpt.save(frames)
+        except Exception as save_error:  # The original error is the one to report.
+            logging.error('The learner failed (%r); saving a checkpoint failed too: %r',
+                          error, save_error)
+            return
+        logging.error('The learner failed (%r); saved %s first.', error, path)
 
 
 class PublishParameters(Hook):
@@ -939,13 +981,14 @@ def standard_hooks(
     ckpt: Any,
     writer: summaries.TrainingSummaries,
     queue_size: Callable[[], tuple[int, int]],
+    variables: Sequence[tf.Variable],
     publish: Hook | None = None,
     restarts: Callable[[], int] | None = None,
 ) -> list[Hook]:
-    """Training's hooks, in order: divergence guard, `publish` (if any), summaries (with the
-    environment restarts `restarts()` counts, if given), progress log, periodic checkpoints,
-    frame budget."""
-    hooks: list[Hook] = [DivergenceGuard(ckpt)]
+    """Training's hooks, in order: save on error (checking `variables`, the agent's, are
+    finite), divergence guard, `publish` (if any), summaries (with the environment restarts
+    `restarts()` counts, if given), progress log, periodic checkpoints, frame budget."""
+    hooks: list[Hook] = [SaveOnError(ckpt, variables), DivergenceGuard(ckpt)]
     if publish is not None:
         hooks.append(publish)
     total = cfg.learner.total_environment_frames

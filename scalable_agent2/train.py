@@ -115,6 +115,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
             setup.checkpointer,
             writer,
             queue_size=lambda: (unroll_queue.qsize(), unroll_queue.maxsize),
+            variables=setup.agent.variables,
             restarts=lambda: sum(a.restarts for a in actors),
         )
         steps = runtime.learner_loop(setup.learner, staged, hooks, stop)

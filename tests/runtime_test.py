@@ -117,6 +117,59 @@ def test_divergence_guard_saves_the_last_good_parameters_and_raises():
     assert [entry[1] for entry in log if entry[1] != 'begin'] == [1, 2]  # Never saw step 3.
 
 
+class RaisingLearner(FakeLearner):
+    """Step `raise_at` raises (after `poison` of the variable, if given)."""
+
+    def __init__(self, raise_at, poison=None):
+        super().__init__()
+        self.raise_at = raise_at
+        self.poison = poison
+        self.weights = tf.Variable([1.0, 2.0])
+
+    def step(self, batch):
+        if len(self.batches) + 1 == self.raise_at:
+            if self.poison is not None:
+                self.weights.assign([self.poison, 2.0])
+            raise tf.errors.InternalError(None, None, 'kernel exploded')
+        return super().step(batch)
+
+
+def test_a_failing_learner_step_saves_the_last_good_parameters_and_reraises(caplog):
+    ckpt = FakeCheckpointer()
+    the_learner = RaisingLearner(raise_at=3)
+    hooks = [runtime.SaveOnError(ckpt, [the_learner.weights]), runtime.DivergenceGuard(ckpt)]
+    with pytest.raises(tf.errors.InternalError, match='kernel exploded'):
+        runtime.learner_loop(the_learner, lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == [200]
+    assert any('saved ckpt-200 first' in r.getMessage() for r in caplog.records)
+
+    # Non-finite parameters are never saved; a diverged step was saved by its guard only.
+    ckpt = FakeCheckpointer()
+    poisoned = RaisingLearner(raise_at=2, poison=float('nan'))
+    hooks = [runtime.SaveOnError(ckpt, [poisoned.weights])]
+    with pytest.raises(tf.errors.InternalError):
+        runtime.learner_loop(poisoned, lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == []
+    ckpt = FakeCheckpointer()
+    hooks = [runtime.SaveOnError(ckpt, []), runtime.DivergenceGuard(ckpt)]
+    with pytest.raises(learner.DivergenceError):
+        runtime.learner_loop(FakeLearner(fail_at=2), lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == [100]
+
+    # A hook that raises counts too.
+    class Broken(runtime.Hook):
+        def after_step(self, step):
+            raise OSError('disk full')
+
+    ckpt = FakeCheckpointer()
+    with pytest.raises(OSError, match='disk full'):
+        runtime.learner_loop(
+            FakeLearner(), lambda s: 'b', [runtime.SaveOnError(ckpt, []), Broken()],
+            threading.Event(),
+        )
+    assert ckpt.saved == [100]
+
+
 def test_publish_and_periodic_checkpoint_hooks():
     class Store:
         versions = []
@@ -206,7 +259,9 @@ def test_standard_hooks_with_a_real_learner_on_a_synthetic_source(tmp_path, capl
     assert setup.resumed_from is None
     batch = _synthetic_batch(setup.agent)
     writer = summaries.TrainingSummaries(str(tmp_path), None, ['lvl'])
-    hooks = runtime.standard_hooks(cfg, setup.checkpointer, writer, lambda: (0, 1))
+    hooks = runtime.standard_hooks(
+        cfg, setup.checkpointer, writer, lambda: (0, 1), setup.agent.variables
+    )
     caplog.set_level(std_logging.INFO)
     steps = runtime.learner_loop(setup.learner, lambda stop: batch, hooks, threading.Event())
     result = runtime.finish_training(setup.learner, setup.checkpointer, steps, None)
