@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+from scalable_agent2 import py_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
 EXIT_LEARNER_LOST = 75  # distributed.EXIT_LEARNER_LOST (not imported: no TensorFlow here).
@@ -69,36 +71,6 @@ RESUMED = re.compile(r'Resumed from checkpoint \S+ at (\d+) environment frames')
 
 # --------------------------------------------------------------------------------------------
 # Processes.
-
-
-def children(pid: int) -> list[int]:
-    """Ids of the processes whose parent is `pid` (read from /proc)."""
-    out = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                # Field 4 is the parent's id; the command name (field 2) may hold spaces.
-                if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
-                    out.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
-
-
-def environment_pids(pid: int) -> list[int]:
-    """The environment subprocesses of a training process: its forkserver's children."""
-    pids = []
-    for child in children(pid):
-        try:
-            with open(f'/proc/{child}/cmdline', 'rb') as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b'forkserver' in cmdline:
-            pids.extend(children(child))
-    return pids
 
 
 def free_port() -> int:
@@ -278,7 +250,10 @@ def run(args: argparse.Namespace) -> dict:
             if now >= next_env_kill:
                 holders = [learner, *actors] if actors else [learner]
                 victims = [
-                    (j, pid) for j in holders if j.running() for pid in environment_pids(j.proc.pid)
+                    (j, pid)
+                    for j in holders
+                    if j.running()
+                    for pid in py_process.worker_pids(j.proc.pid)
                 ]
                 if victims:
                     job, pid = rng.choice(victims)

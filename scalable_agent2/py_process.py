@@ -215,6 +215,39 @@ def _shutdown(process, conn, timeout: float) -> None:
             pass
 
 
+def _children(pid: int) -> list[int]:
+    """Ids of the processes whose parent is `pid` (read from /proc)."""
+    out = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                # Field 4 is the parent's id; the command name (field 2) may hold spaces.
+                if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            pass  # The process ended while being read.
+    return out
+
+
+def worker_pids(pid: int) -> list[int]:
+    """Ids of the `PyProcess` workers that process `pid` runs: its forkserver's children.
+
+    Linux only (reads /proc); for tools that inspect or kill a run's workers from outside.
+    """
+    pids = []
+    for child in _children(pid):
+        try:
+            with open(f'/proc/{child}/cmdline', 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b'forkserver' in cmdline:
+            pids.extend(_children(child))
+    return pids
+
+
 class PyProcess:
     """An object living in a subprocess, called through a pipe.
 

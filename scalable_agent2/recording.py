@@ -71,7 +71,7 @@ class _AtariShadow:
         self._seed = seed
         self._action_map = None
         if config.atari_full_action_space and self._env.single_action_space.n < _FULL_ACTIONS:
-            self._action_map = atari._full_action_map(rom)  # The played game's mapping.
+            self._action_map = atari.full_action_map(rom)  # The played game's mapping.
         self.fps = ATARI_FPS
 
     def reset(self) -> np.ndarray:

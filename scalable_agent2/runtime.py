@@ -843,8 +843,9 @@ class SaveOnError(Hook):
         try:
             path = self._ckpt.save(frames)
         except Exception as save_error:  # The original error is the one to report.
-            logging.error('The learner failed (%r); saving a checkpoint failed too: %r',
-                          error, save_error)
+            logging.error(
+                'The learner failed (%r); saving a checkpoint failed too: %r', error, save_error
+            )
             return
         logging.error('The learner failed (%r); saved %s first.', error, path)
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from absl import flags
 
-from scalable_agent2 import cli, config
+from scalable_agent2 import cli, config, py_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
@@ -405,35 +405,6 @@ def test_cli_unknown_level_leaves_no_new_logdir(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _children(pid):
-    """Process ids whose parent is `pid` (from /proc)."""
-    out = []
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open(f'/proc/{entry}/stat') as f:
-                    # Field 4 is the parent id; the name (field 2) may hold spaces.
-                    if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def _environment_pids(trainer_pid):
-    """The environment subprocesses of a training process (children of its forkserver)."""
-    pids = []
-    for child in _children(trainer_pid):
-        try:
-            with open(f'/proc/{child}/cmdline', 'rb') as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b'forkserver' in cmdline:
-            pids.extend(_children(child))
-    return pids
-
-
 @pytest.mark.timeout(600)
 def test_sigkill_of_an_environment_mid_run_is_recreated_and_training_finishes(tmp_path):
     import re
@@ -468,7 +439,7 @@ def test_sigkill_of_an_environment_mid_run_is_recreated_and_training_finishes(tm
                 assert proc.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, 'training did not start in time'
                 time.sleep(0.2)
-            victims = _environment_pids(proc.pid)
+            victims = py_process.worker_pids(proc.pid)
             assert len(victims) == 4, victims
             os.kill(victims[0], signal.SIGKILL)
             assert proc.wait(timeout=240) == 0, log_path.read_text()[-3000:]

@@ -107,10 +107,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 # Known exceptions: (module, 'other_module._name'), each to be removed when the name goes public.
-PRIVATE_NAME_EXCEPTIONS = {
-    # environments/atari.py (another change owns it) should make `full_action_map` public.
-    ('recording.py', 'atari._full_action_map'),
-}
+PRIVATE_NAME_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _private_uses(path: pathlib.Path) -> set[str]:

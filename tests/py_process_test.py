@@ -81,6 +81,13 @@ def test_calls_keep_state_in_the_child():
         assert child_pid == proc.pid != os.getpid()
 
 
+def test_worker_pids_lists_the_running_workers_of_a_process():
+    with py_process.PyProcess(Counter, 0) as a, py_process.PyProcess(Counter, 1) as b:
+        assert sorted(py_process.worker_pids(os.getpid())) == sorted([a.pid, b.pid])
+    assert _wait_gone(a.pid) and _wait_gone(b.pid)
+    assert py_process.worker_pids(os.getpid()) == []
+
+
 def test_arrays_round_trip_unchanged():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, size=(84, 84, 4), dtype=np.uint8)

@@ -164,7 +164,9 @@ def test_a_failing_learner_step_saves_the_last_good_parameters_and_reraises(capl
     ckpt = FakeCheckpointer()
     with pytest.raises(OSError, match='disk full'):
         runtime.learner_loop(
-            FakeLearner(), lambda s: 'b', [runtime.SaveOnError(ckpt, []), Broken()],
+            FakeLearner(),
+            lambda s: 'b',
+            [runtime.SaveOnError(ckpt, []), Broken()],
             threading.Event(),
         )
     assert ckpt.saved == [100]

@@ -73,7 +73,7 @@ def rom_id(game: str) -> str:
 _NUM_FULL_ACTIONS = 18
 
 
-def _full_action_map(rom: str) -> list[int]:
+def full_action_map(rom: str) -> list[int]:
     """For a game whose legal set has fewer than 18 actions (Skiing: no FIRE), maps each of
     the 18 ALE actions to an index in that set: itself if legal, else without FIRE, else NOOP.
 
@@ -141,7 +141,7 @@ class AtariEnvironment:
         # Index into the game's legal action set for each agent action (None: the identity).
         self._action_map = None
         if config.atari_full_action_space and self._num_actions < _NUM_FULL_ACTIONS:
-            self._action_map = _full_action_map(rom_id(game))
+            self._action_map = full_action_map(rom_id(game))
             self._num_actions = _NUM_FULL_ACTIONS
         size, stack = config.atari_frame_size, config.atari_frame_stack
         self._spec = ObservationSpec((size, size, stack), 'uint8', False)
@@ -253,7 +253,7 @@ class AtariBatch(EnvironmentBatch):
         self.num_actions = int(self._env.single_action_space.n)
         self._action_map = None  # As AtariEnvironment's, as an array.
         if config.atari_full_action_space and self.num_actions < _NUM_FULL_ACTIONS:
-            self._action_map = np.asarray(_full_action_map(rom), np.int32)
+            self._action_map = np.asarray(full_action_map(rom), np.int32)
             self.num_actions = _NUM_FULL_ACTIONS
         size, stack = config.atari_frame_size, config.atari_frame_stack
         self.observation_spec = ObservationSpec((size, size, stack), 'uint8', False)
