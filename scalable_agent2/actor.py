@@ -139,6 +139,10 @@ class Actor:
     unroll in progress is dropped, the new environment starts a fresh episode with a zero core
     state, and the restart is logged and counted (`restarts`). More than `max_restarts` deaths
     within `restart_window_secs` raise `EnvironmentCrashLoopError`.
+
+    The programs run `BatchedActor`; this one-environment actor is the original's actor loop
+    written plainly, kept as the reference whose unrolls `BatchedActor`'s must equal (tests) and
+    for callers that step a single environment.
     """
 
     def __init__(
