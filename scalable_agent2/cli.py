@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from scalable_agent2 import config, errors
+from scalable_agent2 import config, errors, tf_startup
 
 EXIT_USAGE = errors.EXIT_USAGE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it.
@@ -247,6 +247,7 @@ def _main(argv: Sequence[str]) -> None:
     try:
         cfg = experiment_config(flags.FLAGS)
         with _new_logdir_removed_on_failure(cfg):
+            tf_startup.start_tensorflow(show_all=logging.get_verbosity() >= logging.DEBUG)
             run(cfg)
     except KeyboardInterrupt:
         # Ctrl-C before training installs its handlers (e.g. while TensorFlow imports).

@@ -452,6 +452,9 @@ def test_sigkill_of_an_environment_mid_run_is_recreated_and_training_finishes(tm
         r'Environment \d+ \(gym/CartPole-v1\) of a batch died .*recreating it \(restart 1\)', text
     )
     assert 'exit code -9' in text
+    # TensorFlow's start-up notices are left out (tf_startup), its version logged once.
+    assert 'cudart_stub' not in text and 'cuInit' not in text
+    assert len(re.findall(r'TensorFlow \S+ on (CPU only|\d+ GPU)', text)) == 1
     stopped = re.search(r'Training stopped at (\d+) environment frames', text)
     assert stopped and int(stopped.group(1)) >= total, text[-3000:]
 
