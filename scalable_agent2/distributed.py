@@ -60,6 +60,7 @@ Limits of TF's runtime that shape the fault handling:
 
 import contextlib
 import logging as std_logging
+import os
 import socket
 import threading
 import time
@@ -326,6 +327,11 @@ def connect_actor(cluster: ClusterConfig, task: int) -> None:
     spec = tf.train.ClusterSpec(
         {LEARNER_JOB: [cluster.learner_address], ACTOR_JOB: {task: address}}
     )
+    # Unary remote calls instead of one stream per client: an enqueue that fails because the
+    # learner closed the queue then fails alone, where with streaming it poisons the stream's
+    # executor on the learner, which logs "EagerExecutor shutdown with error" when this actor
+    # disconnects at the end of every clean run. The actor makes few remote calls per unroll.
+    os.environ.setdefault('TF_ENABLE_EAGER_CLIENT_STREAMING_ENQUEUE', 'false')
     filters = tf.config.experimental.ClusterDeviceFilters()
     filters.set_device_filters(
         ACTOR_JOB, task, [f'/job:{LEARNER_JOB}', f'/job:{ACTOR_JOB}/task:{task}']

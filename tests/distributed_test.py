@@ -632,6 +632,11 @@ def test_cli_learner_and_two_actors_train_cartpole(cluster, tmp_path):
     assert 'Training stopped at 1200 environment frames (20 learner steps)' in cluster.stderr(
         'learner'
     )
+    # A clean shutdown reads cleanly: no errors from TF's eager executor or remote contexts.
+    for job in ('learner', 'actor0', 'actor1'):
+        text = cluster.stderr(job)
+        assert 'EagerExecutor' not in text and 'Traceback' not in text, text[-3000:]
+        assert 'cuInit' not in text, text[:2000]
 
 
 def test_cli_actor_without_a_learner_is_a_one_line_error(tmp_path):
