@@ -63,7 +63,11 @@ LEVELS = {
 # Training frames/s assumed for the default budget (2 loaded cores; see docs/BENCHMARKS.md).
 ASSUMED_FPS = {'cartpole': 1000, 'pong': 700}
 
-ENV_DIED = re.compile(r'Environment of (\S+) died \((.*)\); recreating it \(restart (\d+)\)')
+# A single-environment actor's line, or a batched actor's (one environment of its batch).
+ENV_DIED = re.compile(
+    r'Environment (?:of \S+|\d+ \(\S+\) of a batch) died \((?P<cause>.*)\); '
+    r'recreating it \(restart \d+\)'
+)
 STOPPED = re.compile(r'Training stopped at (\d+) environment frames \((\d+) learner steps\)')
 PROGRESS = re.compile(r'frames (\d+)/(\d+) ')
 RESUMED = re.compile(r'Resumed from checkpoint \S+ at (\d+) environment frames')
@@ -297,7 +301,7 @@ def report(args, logdir, budget, learner, actors, kills, events, wall_secs) -> d
     else:  # Killed without a final line: the last progress line.
         frames, steps = (int(progress[-1][0]) if progress else 0), None
     logs = [learner_log] + [a.log() for a in actors]
-    env_restarts = [m for log in logs for m in ENV_DIED.findall(log)]
+    env_restarts = [m.group('cause') for log in logs for m in ENV_DIED.finditer(log)]
     checkpoint_files = sorted(glob.glob(os.path.join(logdir, 'ckpt-*.index')))
     return {
         'level': args.level,
@@ -312,7 +316,7 @@ def report(args, logdir, budget, learner, actors, kills, events, wall_secs) -> d
         'kills': kills,
         'environment_restarts_logged': len(env_restarts),
         'environment_exit_codes': sorted(
-            {int(c) for m in env_restarts for c in re.findall(r'exit code (-?\d+)', m[1])}
+            {int(c) for cause in env_restarts for c in re.findall(r'exit code (-?\d+)', cause)}
         ),
         'actor_restarts': sum(max(0, a.starts - 1) for a in actors),
         'actor_exit_codes': {a.name: a.exit_codes for a in actors},
