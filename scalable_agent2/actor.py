@@ -311,8 +311,9 @@ class BatchedActor:
     environments keep their episodes, core states and last outputs, and every environment's
     next unroll starts from where it is now (the step during which the death happened
     included), so no unroll holds a gap. Deaths are logged and counted (`restarts`); more than
-    `max_restarts` within `restart_window_secs` (over the whole batch) raise
-    `EnvironmentCrashLoopError`.
+    `max_restarts` deaths of the same environment (row) within `restart_window_secs` raise
+    `EnvironmentCrashLoopError`: a crash loop is one level that keeps dying, and a large batch
+    should not stop for scattered deaths that a single environment would survive.
     """
 
     def __init__(
@@ -354,7 +355,7 @@ class BatchedActor:
         self._recreate = recreate
         self._max_restarts = max_restarts
         self._restart_window_secs = restart_window_secs
-        self._restart_times: collections.deque = collections.deque()
+        self._restart_times = [collections.deque() for _ in range(num_envs)]
         self._recreated = [0] * num_envs
         self.restarts = 0
 
@@ -499,10 +500,10 @@ class BatchedActor:
             i, cause = pending.pop(0)
             level_name = self._batch.level_names[i]
             _count_death(
-                self._restart_times,
+                self._restart_times[i],
                 self._max_restarts,
                 self._restart_window_secs,
-                f'the environments of this actor (last: {i}, {level_name})',
+                f'environment {i} ({level_name}) of this actor',
                 cause,
             )
             self.restarts += 1

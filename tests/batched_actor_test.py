@@ -266,7 +266,31 @@ def test_a_batch_whose_environment_keeps_dying_stops_the_actor():
     )
     try:
         os.kill(a.env_batch.pids[0], signal.SIGKILL)
-        with pytest.raises(actor.EnvironmentCrashLoopError, match='died 3 times'):
+        with pytest.raises(
+            actor.EnvironmentCrashLoopError, match=r'environment 0 \(gym/CartPole-v1\) .*3 times'
+        ):
+            a.unrolls()
+    finally:
+        a.close()
+
+
+def test_deaths_spread_over_a_batch_count_per_environment():
+    def recreate(i, n):
+        return environments.create_environment(
+            'gym/CartPole-v1', config.EnvironmentConfig(num_action_repeats=1), 10 * i + n, False
+        )
+
+    a = actor.BatchedActor(
+        _cartpole_batch([1, 2, 3]), _counting_policy, np.zeros([1, 1]), 5, False, recreate, 1
+    )
+    try:
+        # Three deaths, one per environment: each row is within its limit of one restart.
+        for i in range(3):
+            os.kill(a.env_batch.pids[i], signal.SIGKILL)
+            a.unrolls()
+        assert a.restarts == 3
+        os.kill(a.env_batch.pids[1], signal.SIGKILL)  # A second death of row 1 is one too many.
+        with pytest.raises(actor.EnvironmentCrashLoopError, match='environment 1 .*died 2 times'):
             a.unrolls()
     finally:
         a.close()
