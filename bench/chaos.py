@@ -1,7 +1,7 @@
 """Chaos run: training that survives killed environments, actors and a killed learner.
 
     python bench/chaos.py [--level=cartpole|pong] [--minutes=10] [--total_environment_frames=N]
-        [--env_kill_secs=30] [--distributed] [--num_actors=4] [--actor_kill_secs=60]
+        [--env_kill_secs=30] [--distributed] [--num_actors=N] [--actor_kill_secs=60]
         [--learner_kill_secs=T] [--save_checkpoint_secs=20] [--logdir=DIR] [--json=PATH]
         [--startup_secs=300] [--seed=1]
 
@@ -337,7 +337,14 @@ def main() -> None:
     parser.add_argument('--total_environment_frames', type=int, default=0)
     parser.add_argument('--env_kill_secs', type=float, default=30.0)
     parser.add_argument('--distributed', action='store_true')
-    parser.add_argument('--num_actors', type=int, default=4)
+    parser.add_argument(
+        '--num_actors',
+        type=int,
+        default=None,
+        help='Environments (single-machine, default 16) or actor processes (--distributed, '
+        'default 4). Fewer than ~16 environments for 20 random kills can trip the per-environment '
+        'crash-loop limit (more than 5 deaths of one environment in 10 minutes) by design.',
+    )
     parser.add_argument('--actor_kill_secs', type=float, default=60.0)
     parser.add_argument('--learner_kill_secs', type=float, default=None)
     parser.add_argument('--save_checkpoint_secs', type=int, default=20)
@@ -348,6 +355,8 @@ def main() -> None:
     parser.add_argument('--logdir', default='')
     parser.add_argument('--json', default='', help='Also write the report here.')
     args = parser.parse_args()
+    if args.num_actors is None:
+        args.num_actors = 4 if args.distributed else 16
     result = run(args)
     print(json.dumps({k: v for k, v in result.items() if k != 'events'}, indent=2))
     if args.json:
