@@ -67,8 +67,7 @@ def train_learner(cfg: config.ExperimentConfig) -> dict[str, Any]:
       cfg: validated config with mode 'train', job_name 'learner', task 0.
 
     Returns:
-      As `train.train`: {'num_environment_frames', 'learner_steps', 'resumed_from',
-      'checkpoint'}.
+      As `train.train` (`runtime.finish_training`'s summary).
     """
     cfg.validate()
     if cfg.job_name != 'learner' or cfg.task != 0:

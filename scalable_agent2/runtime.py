@@ -1006,13 +1006,22 @@ def finish_training(
     the_learner: Any, ckpt: Any, steps: int, resumed_from: int | None
 ) -> dict[str, Any]:
     """Saves the final checkpoint, logs where training stopped and returns the run's summary:
-    {'num_environment_frames', 'learner_steps', 'resumed_from', 'checkpoint'}."""
+    {'num_environment_frames', 'learner_steps' (the whole run's, resumes included, as the
+    progress log counts them), 'learner_steps_this_run' (`steps`), 'resumed_from',
+    'checkpoint'}."""
     frames = frames_of(the_learner)
+    total_steps = int(the_learner.num_learner_steps.numpy())
     path = ckpt.save(frames)
-    logging.info('Training stopped at %d environment frames (%d learner steps).', frames, steps)
+    logging.info(
+        'Training stopped at %d environment frames (%d learner steps%s).',
+        frames,
+        total_steps,
+        f', {steps} since the resume' if resumed_from is not None else '',
+    )
     return {
         'num_environment_frames': frames,
-        'learner_steps': steps,
+        'learner_steps': total_steps,
+        'learner_steps_this_run': steps,
         'resumed_from': resumed_from,
         'checkpoint': path,
     }

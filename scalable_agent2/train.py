@@ -50,8 +50,8 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
       cfg: validated experiment config with mode 'train'.
 
     Returns:
-      {'num_environment_frames': int, 'learner_steps': int, 'resumed_from': int | None,
-       'checkpoint': path}.
+      `runtime.finish_training`'s summary: {'num_environment_frames', 'learner_steps' (resumes
+      included), 'learner_steps_this_run', 'resumed_from', 'checkpoint'}.
 
     Raises:
       ValueError (or a subclass) for user mistakes: unknown level, unwritable logdir,

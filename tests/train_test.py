@@ -154,7 +154,9 @@ def test_second_run_resumes_from_the_first(trained, tmp_path):
     assert 'Resumed from checkpoint' in proc.stderr
     # 10 more learner steps of 8 x 20 frames.
     assert checkpoint_numbers(logdir)[-1] == total
-    assert f'Training stopped at {total} environment frames (10 learner steps)' in proc.stderr
+    # The step count goes on from the checkpoint's, as the progress log's does.
+    stopped = f'Training stopped at {total} environment frames ({total // 160} learner steps, '
+    assert stopped + '10 since the resume)' in proc.stderr
 
 
 def test_incompatible_checkpoint_is_one_line(trained, tmp_path):
