@@ -23,7 +23,7 @@ case "$name" in
   cartpole)
     common=(--level_name=gym/CartPole-v1 --network=mlp --nouse_lstm)
     train=("${common[@]}" --num_actors=8 --batch_size=8 --unroll_length=20 --learning_rate=0.001
-      --entropy_cost=0.01 --epsilon=1e-5 --max_grad_norm=40 --total_environment_frames=5e5)
+      --entropy_cost=0.001 --epsilon=1e-5 --max_grad_norm=40 --total_environment_frames=1e6)
     test=("${common[@]}" --test_num_episodes=10)
     ;;
   *)
