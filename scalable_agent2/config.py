@@ -195,7 +195,11 @@ class LearnerConfig:
       batch_size: unrolls per learner step.
       unroll_length: T, agent steps per unroll.
       num_action_repeats: frames per agent step, for the frame counter.
-      total_environment_frames: frames to train for; the learning rate reaches 0 there.
+      total_environment_frames: frames to train for; the learning rate reaches 0 there unless
+        `learning_rate_decay_frames` is set.
+      learning_rate_decay_frames: frames over which the learning rate decays linearly to 0;
+        None (default, as the original) decays over `total_environment_frames`. A run shorter
+        than the schedule it follows (the first 10M frames of the paper's 200M) sets both.
       entropy_cost, baseline_cost: loss weights.
       discounting: per-step discount.
       reward_clipping: 'abs_one' or 'soft_asymmetric'.
@@ -215,6 +219,14 @@ class LearnerConfig:
         int(1e9),
         'Total environment frames to train for (accepts e.g. 1e9).',
         allow_exponent=True,
+    )
+    learning_rate_decay_frames: int | None = flag_field(
+        None,
+        'Frames over which the learning rate decays linearly to 0; 0 (default, as the original) '
+        'decays over --total_environment_frames (accepts e.g. 2e8).',
+        default=0,
+        allow_exponent=True,
+        to_config=lambda value, flags: value or None,
     )
     entropy_cost: float = flag_field(0.00025, 'Entropy cost/multiplier.')
     baseline_cost: float = flag_field(0.5, 'Baseline cost/multiplier.')
@@ -244,6 +256,8 @@ class LearnerConfig:
         _positive('unroll_length', self.unroll_length)
         _positive('num_action_repeats', self.num_action_repeats)
         _positive('total_environment_frames', self.total_environment_frames)
+        if self.learning_rate_decay_frames is not None:
+            _positive('learning_rate_decay_frames', self.learning_rate_decay_frames)
         _non_negative('entropy_cost', self.entropy_cost)
         _non_negative('baseline_cost', self.baseline_cost)
         _positive('learning_rate', self.learning_rate)

@@ -99,10 +99,11 @@ class Learner:
 
     def learning_rate(self) -> tf.Tensor:
         """float32 scalar: the learning rate decayed linearly by the frame counter."""
+        decay_frames = (
+            self._config.learning_rate_decay_frames or self._config.total_environment_frames
+        )
         return optimizers.linear_decay(
-            self._config.learning_rate,
-            self.num_environment_frames,
-            self._config.total_environment_frames,
+            self._config.learning_rate, self.num_environment_frames, decay_frames
         )
 
     def build(self, batch: ActorOutput) -> None:

@@ -148,6 +148,18 @@ def test_training_lowers_loss_counts_frames_and_decays_lr(use_xla=False):
     np.testing.assert_allclose(float(lrn.learning_rate()), 0.001 * (1 - 6 / 10), rtol=1e-5)
 
 
+def test_learning_rate_decays_over_its_own_horizon_when_given():
+    total_frames = 10 * B * T * REPEATS
+    lrn = _make(
+        learning_rate=0.001,
+        total_environment_frames=total_frames,
+        learning_rate_decay_frames=4 * total_frames,
+    )
+    batch = _learnable_batch('shallow', seed=2)
+    rates = [float(lrn.step(batch)['learning_rate']) for _ in range(3)]
+    np.testing.assert_allclose(rates, [0.001 * (1 - i / 40) for i in range(3)], rtol=1e-5)
+
+
 @pytest.mark.parametrize('torso', ['shallow', pytest.param('deep', marks=pytest.mark.slow)])
 def test_xla_and_graph_steps_agree_with_instructions(torso):
     batch = _batch(torso, seed=3)
