@@ -223,6 +223,7 @@ def test_pong_and_dmlab30_flag_files(monkeypatch):
     assert pong.level_name == 'atari/Pong' and pong.learner.total_environment_frames == 10**7
     assert pong.learner.max_grad_norm == 40.0 and not pong.use_lstm
     assert (pong.learner.batch_size, pong.learner.epsilon, pong.num_actors) == (4, 1e-5, 32)
+    assert (pong.learner.entropy_cost, pong.learner.learning_rate_decay_frames) == (0.002, 2 * 10**8)
     dmlab = cli.experiment_config(parsed(f'--flagfile={_preset("dmlab30")}'))
     assert (dmlab.level_name, dmlab.network, dmlab.use_lstm, dmlab.num_actors) == (
         'dmlab30',
@@ -255,6 +256,11 @@ def test_new_agent_and_learner_flags():
     assert cli.experiment_config(parsed()).learner.max_grad_norm is None
     with pytest.raises(ValueError, match='max_grad_norm'):
         cli.experiment_config(parsed('--max_grad_norm=-1'))
+    assert cli.experiment_config(parsed()).learner.learning_rate_decay_frames is None
+    cfg = cli.experiment_config(parsed('--learning_rate_decay_frames=2e8'))
+    assert cfg.learner.learning_rate_decay_frames == 200_000_000
+    with pytest.raises(ValueError, match='learning_rate_decay_frames'):
+        cli.experiment_config(parsed('--learning_rate_decay_frames=-5'))
 
 
 @pytest.mark.parametrize(
