@@ -358,6 +358,7 @@ def test_cartpole_learns_to_a_mean_test_return_of_195(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
 def test_pong_preset_learns_from_pixels(tmp_path):
     """A learning regression check on pixels: the first PONG_FRAMES of the Pong preset's run.
 
