@@ -3,7 +3,7 @@ beside the environment-only and the combined limits, over a sweep of actors, thr
 
     python bench/train_fps.py [--actors=16,32,64] [--threads=1,2,4] [--shapes=32x20,8x100]
         [--warmup_secs=60] [--window_secs=60] [--limit_secs=10] [--rounds=5] [--json=PATH]
-        [--quick] [-- extra experiment.py flags]
+        [--tree=DIR] [--quick] [-- extra experiment.py flags]
 
 `--quick` is a smoke run: 16 actors, 2 threads, B=32 T=20, short windows (a minute or two in
 all, most of it start-up). For every (num_actors, num_actor_threads, B, T) the real CLI trains
@@ -31,6 +31,11 @@ In the same run, as limits:
     `cores / cost * 4` frames/s. Work of the three kinds can overlap on separate cores but not
     exceed them, so this is the best a perfectly pipelined system can reach.
 
+`--tree=DIR` trains with the package of another source tree (e.g. an older commit checked out
+with `git worktree add /tmp/old 959a741`): DIR's `experiments/experiment.py`, DIR first on
+PYTHONPATH, this checkout's Python. Two invocations that differ only in `--tree` give a
+before/after comparison on one machine; the limits are this checkout's either way.
+
 Extra flags after `--` go to every training run (e.g. `-- --intra_op_threads=1`); the model
 costs are measured with the TensorFlow thread pools `--intra_op_threads`/`--inter_op_threads`
 of this script (default: as the CLI's, one thread per core each).
@@ -54,7 +59,6 @@ import numpy as np
 # re-import this module (multiprocessing's forkserver/spawn), and should not load TensorFlow.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
 LEVEL = 'atari/Pong'
 REPEATS = 4
 PROGRESS = re.compile(r'frames (\d+)/\d+ ')
@@ -127,13 +131,16 @@ def train_rate(
     window: float,
     extra_flags: list[str],
     startup: float = 600.0,
+    tree: str = ROOT,
 ) -> dict:
-    """Runs the CLI; frames/s and tree CPU % over the window that starts `warmup` seconds after
-    the first progress line, and the peak PSS from start to stop."""
+    """Runs the CLI of source tree `tree`; frames/s and tree CPU % over the window that starts
+    `warmup` seconds after the first progress line, and the peak PSS from start to stop."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (tree, env.get('PYTHONPATH')) if p)
     with tempfile.TemporaryDirectory() as logdir:
         cmd = [
             sys.executable,
-            EXPERIMENT,
+            os.path.join(tree, 'experiments', 'experiment.py'),
             f'--level_name={LEVEL}',
             '--network=shallow',
             '--use_lstm',
@@ -149,7 +156,7 @@ def train_rate(
             *extra_flags,
         ]
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tree, env=env
         )
         points: list[tuple[float, int]] = []
         tail: list[str] = []
@@ -367,6 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--inter_op_threads', type=int, default=0)
     parser.add_argument('--json', default='', help='also write one JSON record per line here')
     parser.add_argument(
+        '--tree', default=ROOT, help='train with the package of this source tree (default: here)'
+    )
+    parser.add_argument(
         '--quick',
         action='store_true',
         help='smoke run: 16 actors, 2 threads, 32x20, short windows (overrides those flags)',
@@ -377,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup_secs, args.window_secs, args.limit_secs = 10.0, 15.0, 3.0
         args.rounds, args.env_steps = 2, 300
     actors, threads, shapes = _ints(args.actors), _ints(args.threads), _shapes(args.shapes)
+    tree = os.path.abspath(args.tree)
+    if not os.path.isfile(os.path.join(tree, 'experiments', 'experiment.py')):
+        sys.exit(f'--tree={args.tree}: no experiments/experiment.py there')
 
     from scalable_agent2 import runtime
 
@@ -386,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     cores = os.cpu_count()
     print(
         f'TensorFlow {tf.__version__}; {cores} cores; {LEVEL}, shallow net with LSTM, XLA off, '
-        f'{REPEATS} action repeats; extra flags {extra or "none"}',
+        f'{REPEATS} action repeats; extra flags {extra or "none"}; package of {tree}',
         flush=True,
     )
     records = []
@@ -423,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
             for k in threads:
                 if k > n:
                     continue
-                rate = train_rate(n, k, b, t, args.warmup_secs, args.window_secs, extra)
+                rate = train_rate(n, k, b, t, args.warmup_secs, args.window_secs, extra, tree=tree)
                 print(
                     f'| {n} | {k} | {b} | {t} | {rate["rate"]:.0f} | {rate["learner_steps"]} | '
                     f'{rate["cpu_percent"]:.0f} | {rate["peak_pss_gib"]:.2f} | '
@@ -435,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f'  no progress line; last output: {rate["error"]}', flush=True)
                 record(
                     kind='train',
+                    tree=tree,
                     num_actors=n,
                     num_actor_threads=k,
                     batch_size=b,
