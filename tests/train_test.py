@@ -48,7 +48,7 @@ CARTPOLE = [
 ]
 FIRST_RUN_FRAMES = 24_000  # 150 learner steps of 8 x 20 frames.
 RANDOM_CARTPOLE_RETURN = 22.0  # Mean return of a uniformly random policy.
-# The Pong preset's first 6M frames: two runs of docs/RESULTS.md were at -14.4 and -11.5 there
+# The Pong preset's first 6M frames: two runs of docs/RESULTS.md were at -14.4 and -10.8 there
 # (mean training return of the last 100 games); a uniformly random policy scores -20.5.
 PONG_FRAMES = 6_000_000
 PONG_MIN_TEST_RETURN = -14.0
