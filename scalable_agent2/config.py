@@ -84,6 +84,11 @@ def field_flag(field: dataclasses.Field) -> Flag | None:
     return field.metadata.get(FLAG_METADATA_KEY)
 
 
+def _unset_if_zero(value: Any, flag_values: Mapping[str, Any]) -> Any:
+    """`to_config` of a flag whose 0 means "not set" (a None field)."""
+    return value or None
+
+
 def _positive(name: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise UsageError(f'{name} must be a finite number > 0, got {value!r}')
@@ -226,7 +231,7 @@ class LearnerConfig:
         'decays over --total_environment_frames (accepts e.g. 2e8).',
         default=0,
         allow_exponent=True,
-        to_config=lambda value, flags: value or None,
+        to_config=_unset_if_zero,
     )
     entropy_cost: float = flag_field(0.00025, 'Entropy cost/multiplier.')
     baseline_cost: float = flag_field(0.5, 'Baseline cost/multiplier.')
@@ -246,7 +251,7 @@ class LearnerConfig:
         'Clip the global gradient norm to this before each update (the paper: 40 on Atari); '
         '0 does not clip, as the original code.',
         default=0.0,
-        to_config=lambda value, flags: value or None,
+        to_config=_unset_if_zero,
     )
 
     def validate(self) -> 'LearnerConfig':
