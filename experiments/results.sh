@@ -17,9 +17,7 @@ case "$name" in
     test=(--flagfile=experiments/configs/pong.flags --test_num_episodes=10)
     ;;
   breakout)
-    # The Breakout result predates the preset's entropy cost and learning-rate horizon.
-    train=(--flagfile=experiments/configs/pong.flags --level_name=atari/Breakout
-      --entropy_cost=0.01 --learning_rate_decay_frames=0)
+    train=(--flagfile=experiments/configs/pong.flags --level_name=atari/Breakout)
     test=(--flagfile=experiments/configs/pong.flags --level_name=atari/Breakout --test_num_episodes=10)
     ;;
   cartpole)
