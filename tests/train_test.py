@@ -48,11 +48,11 @@ CARTPOLE = [
 ]
 FIRST_RUN_FRAMES = 24_000  # 150 learner steps of 8 x 20 frames.
 RANDOM_CARTPOLE_RETURN = 22.0  # Mean return of a uniformly random policy.
-# The Pong preset's first 6M frames: two runs of docs/RESULTS.md were at -14.4 and -10.8 there
-# (mean training return of the last 100 games); a uniformly random policy scores -20.5. A second
-# seed of the preset was at -18.2 there, so a slow start can fail this test (see RESULTS.md).
+# The Pong preset's first 6M frames. A uniformly random policy scores -20.5; checkpoints of three
+# seeds of the preset near 6M frames scored -11.8, -16.1 and -15.1 in test mode (RESULTS.md), so
+# the threshold sits below the slowest start seen.
 PONG_FRAMES = 6_000_000
-PONG_MIN_TEST_RETURN = -14.0
+PONG_MIN_TEST_RETURN = -18.0
 
 
 def run_cli(args, timeout=300):
