@@ -18,6 +18,7 @@ from typing import Any
 from scalable_agent2.errors import UsageError
 
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
+OPTIMIZERS = ('rmsprop', 'adam')
 TORSOS = ('deep', 'shallow', 'mlp')
 MODES = ('train', 'test')
 JOB_NAMES = ('learner', 'actor')
@@ -208,7 +209,11 @@ class LearnerConfig:
       entropy_cost, baseline_cost: loss weights.
       discounting: per-step discount.
       reward_clipping: 'abs_one' or 'soft_asymmetric'.
-      learning_rate, decay, momentum, epsilon: RMSProp (TF1 semantics).
+      optimizer: 'rmsprop' (TF1 RMSProp, the original's) or 'adam' (TF1 Adam, beta1 0.9 and
+        beta2 0.999; an option the original did not have).
+      learning_rate: the optimizer's initial learning rate.
+      decay, momentum, epsilon: RMSProp's (TF1 semantics; epsilon inside the square root).
+      adam_epsilon: Adam's epsilon (outside the square root).
       use_xla: compile the train step with XLA; None (default) turns it on only when a GPU is
         visible, since on CPU XLA's convolutions made the step 2-3x slower.
       max_grad_norm: clip the global gradient norm to this (the paper's Atari value is 40);
@@ -237,10 +242,16 @@ class LearnerConfig:
     baseline_cost: float = flag_field(0.5, 'Baseline cost/multiplier.')
     discounting: float = flag_field(0.99, 'Discounting factor.')
     reward_clipping: str = flag_field('abs_one', 'Reward clipping.', choices=REWARD_CLIPPING_MODES)
+    optimizer: str = flag_field(
+        'rmsprop',
+        'Optimizer: rmsprop (TF1 RMSProp, the original) or adam (TF1 Adam, betas 0.9/0.999).',
+        choices=OPTIMIZERS,
+    )
     learning_rate: float = flag_field(0.00048, 'Learning rate.')
     decay: float = flag_field(0.99, 'RMSProp optimizer decay.')
     momentum: float = flag_field(0.0, 'RMSProp momentum.')
     epsilon: float = flag_field(0.1, 'RMSProp epsilon.')
+    adam_epsilon: float = flag_field(1e-8, 'Adam epsilon (with --optimizer=adam).')
     use_xla: bool | None = flag_field(
         None,
         'Compile the learner step with XLA. Default: on only when a GPU is visible (on CPU XLA '
@@ -267,6 +278,9 @@ class LearnerConfig:
         _non_negative('baseline_cost', self.baseline_cost)
         _positive('learning_rate', self.learning_rate)
         _positive('epsilon', self.epsilon)
+        _positive('adam_epsilon', self.adam_epsilon)
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}')
         _non_negative('momentum', self.momentum)
         if not 0.0 <= self.discounting <= 1.0:
             raise UsageError(f'discounting must be in [0, 1], got {self.discounting!r}')

@@ -1,7 +1,7 @@
 """The IMPALA learner: one training step on a batch of unrolls, and its checkpointable state.
 
 `Learner.step` is one `tf.function`. String work (instruction hashing) runs in the outer graph;
-everything numeric (agent unroll, V-trace, losses, gradients, TF1 RMSProp, frame counter) runs in
+everything numeric (agent unroll, V-trace, losses, gradients, the optimizer, frame counter) runs in
 an inner function that is XLA-compiled (`jit_compile=True`) when `config.use_xla`.
 
 The checkpointed state holds two counters that only applied updates advance:
@@ -37,13 +37,18 @@ class Learner:
         self.num_learner_steps = tf.Variable(
             0, dtype=tf.int64, trainable=False, name='num_learner_steps'
         )
-        self._optimizer = optimizers.RMSProp(
-            learning_rate=self.learning_rate,
-            decay=config.decay,
-            momentum=config.momentum,
-            epsilon=config.epsilon,
-            name='rmsprop',
-        )
+        if config.optimizer == 'adam':
+            self._optimizer = optimizers.Adam(
+                learning_rate=self.learning_rate, epsilon=config.adam_epsilon, name='adam'
+            )
+        else:
+            self._optimizer = optimizers.RMSProp(
+                learning_rate=self.learning_rate,
+                decay=config.decay,
+                momentum=config.momentum,
+                epsilon=config.epsilon,
+                name='rmsprop',
+            )
         self._built = False
         has_gpu = bool(tf.config.list_physical_devices('GPU'))
         # Measured in bench/learner_bench.py: XLA:CPU convolutions are 2-3x slower than TF's own
@@ -65,7 +70,7 @@ class Learner:
         return self._agent
 
     @property
-    def optimizer(self) -> optimizers.RMSProp:
+    def optimizer(self) -> optimizers.RMSProp | optimizers.Adam:
         return self._optimizer
 
     @property

@@ -1,4 +1,7 @@
-"""RMSProp with the semantics of TF1's `tf.compat.v1.train.RMSPropOptimizer`, and LR decay.
+"""TF1's RMSProp (the original's optimizer) and Adam, and the learning-rate decay.
+
+`RMSProp` has the semantics of TF1's `tf.compat.v1.train.RMSPropOptimizer`. `Adam` (TF1's
+`AdamOptimizer`, Kingma & Ba) is an option the original did not have (`--optimizer=adam`).
 
 The original IMPALA trains with the TF1 optimizer, which differs from Sonnet 2's `RMSProp`:
 the mean-square accumulator starts at 1.0 (not 0), so early steps are small rather than huge.
@@ -46,6 +49,28 @@ def _row_mask(indices: tf.Tensor, num_rows: tf.Tensor, rank: int) -> tf.Tensor:
         tf.ones_like(indices, dtype=tf.int32), indices, num_segments=num_rows
     )
     return tf.reshape(hits > 0, tf.concat([[num_rows], tf.ones([rank - 1], tf.int32)], 0))
+
+
+def _check_apply(
+    name: str,
+    updates: Sequence[object],
+    parameters: Sequence[tf.Variable],
+    num_slots: int,
+) -> None:
+    if len(updates) != len(parameters):
+        raise ValueError(
+            f'got {len(updates)} updates for {len(parameters)} parameters; they must match'
+        )
+    if not parameters:
+        raise ValueError(f'{name}.apply needs at least one parameter')
+    if num_slots != len(parameters):
+        raise ValueError(
+            f'optimizer was initialised for {num_slots} parameters, got {len(parameters)}'
+        )
+
+
+def _current_learning_rate(learning_rate: LearningRate) -> tf.Tensor:
+    return tf.convert_to_tensor(learning_rate() if callable(learning_rate) else learning_rate)
 
 
 class RMSProp(snt.Optimizer):
@@ -96,28 +121,16 @@ class RMSProp(snt.Optimizer):
                 for p in parameters
             )
 
-    def _current_learning_rate(self) -> tf.Tensor:
-        lr = self.learning_rate() if callable(self.learning_rate) else self.learning_rate
-        return tf.convert_to_tensor(lr)
-
     def apply(
         self,
         updates: Sequence[tf.Tensor | tf.IndexedSlices | None],
         parameters: Sequence[tf.Variable],
     ) -> None:
         """Applies one update per parameter (gradients; `None` entries are skipped)."""
-        if len(updates) != len(parameters):
-            raise ValueError(
-                f'got {len(updates)} updates for {len(parameters)} parameters; they must match'
-            )
-        if not parameters:
-            raise ValueError('RMSProp.apply needs at least one parameter')
-        self.initialize(parameters)
-        if len(self.ms) != len(parameters):
-            raise ValueError(
-                f'optimizer was initialised for {len(self.ms)} parameters, got {len(parameters)}'
-            )
-        lr_all = self._current_learning_rate()
+        if parameters:
+            self.initialize(parameters)
+        _check_apply('RMSProp', updates, parameters, len(self.ms))
+        lr_all = _current_learning_rate(self.learning_rate)
         for g, var, ms, mom in zip(updates, parameters, self.ms, self.mom):
             if g is None:
                 continue
@@ -146,3 +159,84 @@ class RMSProp(snt.Optimizer):
             ms.assign(new_ms)
             mom.assign(new_mom)
             var.assign_sub(delta)
+
+
+class Adam(snt.Optimizer):
+    """Adam with TF1 `AdamOptimizer` semantics; slots are checkpointable.
+
+    Per variable, at update t = 1, 2, ...:
+
+        m   <- beta1 * m + (1 - beta1) * g
+        v   <- beta2 * v + (1 - beta2) * g^2
+        var <- var - lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + epsilon)
+
+    Sparse gradients are densified first, which is what TF1's sparse Adam computes too (it
+    decays `m` and `v` on every row and moves every row).
+
+    Attributes:
+      m, v: first- and second-moment accumulators (initialised to 0), one per parameter.
+      step: int64, updates applied so far (t).
+    """
+
+    def __init__(
+        self,
+        learning_rate: LearningRate,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-8,
+        name: str | None = None,
+    ):
+        """Creates the optimizer.
+
+        Args:
+          learning_rate: a number, tensor, variable, or a zero-argument callable returning the
+            current rate (read once per `apply`).
+          beta1, beta2: decay of the first- and second-moment accumulators.
+          epsilon: added to the root of the second moment (outside the square root).
+          name: module name.
+        """
+        super().__init__(name=name)
+        self.learning_rate = learning_rate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+        self.m = []
+        self.v = []
+
+    @snt.once
+    def initialize(self, parameters: Sequence[tf.Variable]) -> None:
+        """Creates the slots for `parameters` (once). Call before tracing a step with XLA."""
+        for slots, scope in ((self.m, 'm'), (self.v, 'v')):
+            with tf.name_scope(scope):
+                slots.extend(
+                    tf.Variable(tf.zeros_like(p), trainable=False, name=p.name.split(':')[0])
+                    for p in parameters
+                )
+
+    def apply(
+        self,
+        updates: Sequence[tf.Tensor | tf.IndexedSlices | None],
+        parameters: Sequence[tf.Variable],
+    ) -> None:
+        """Applies one update per parameter (gradients; `None` entries are skipped)."""
+        if parameters:
+            self.initialize(parameters)
+        _check_apply('Adam', updates, parameters, len(self.m))
+        lr_all = _current_learning_rate(self.learning_rate)
+        self.step.assign_add(1)
+        t = tf.cast(self.step, tf.float32)
+        for g, var, m, v in zip(updates, parameters, self.m, self.v):
+            if g is None:
+                continue
+            dtype = var.dtype
+            grad = tf.convert_to_tensor(g)
+            beta1 = tf.cast(self.beta1, dtype)
+            beta2 = tf.cast(self.beta2, dtype)
+            t_d = tf.cast(t, dtype)
+            lr = tf.cast(lr_all, dtype) * tf.sqrt(1.0 - beta2**t_d) / (1.0 - beta1**t_d)
+            new_m = m + (grad - m) * (1.0 - beta1)
+            new_v = v + (tf.square(grad) - v) * (1.0 - beta2)
+            m.assign(new_m)
+            v.assign(new_v)
+            var.assign_sub(lr * new_m / (tf.sqrt(new_v) + tf.cast(self.epsilon, dtype)))

@@ -398,6 +398,27 @@ def test_max_grad_norm_clips_the_global_norm_as_tf():
     assert abs(float(tf.linalg.global_norm(clipped)) - clip) < 1e-3 * clip
 
 
+def test_adam_first_step_moves_each_weight_by_the_learning_rate():
+    """--optimizer=adam: Adam's bias-corrected first step is lr * g / (|g| + eps) ~ lr * sign(g).
+
+    TF1 RMSProp's first step (mean square starting at 1) is nowhere near that for small
+    gradients, so this tells which optimizer the learner built.
+    """
+    lr = 1e-3
+    the_learner = _make(
+        'shallow', use_xla=False, optimizer='adam', learning_rate=lr, adam_epsilon=1e-12
+    )
+    batch = _learnable_batch('shallow', seed=3)
+    the_learner.build(batch)
+    variables = the_learner.agent.trainable_variables
+    before = [v.numpy() for v in variables]
+    assert bool(the_learner.step(batch)['update_applied'])
+    steps = np.concatenate([np.abs(b - v.numpy()).ravel() for b, v in zip(before, variables)])
+    moved = steps[steps > 0]
+    assert moved.size > 0.5 * steps.size  # Weights behind dead ReLUs aside, all move ...
+    np.testing.assert_allclose(np.median(moved), lr, rtol=1e-2)  # ... by about lr.
+
+
 def test_a_non_finite_step_is_not_applied():
     the_learner = _make('shallow', use_xla=False)
     agent = the_learner.agent

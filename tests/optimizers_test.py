@@ -1,4 +1,4 @@
-"""Tests for scalable_agent2.optimizers against TF1's RMSPropOptimizer and polynomial_decay."""
+"""Tests for scalable_agent2.optimizers against TF1's RMSProp and Adam and polynomial_decay."""
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ def _loss(w, b, emb):
     return tf.reduce_sum(tf.square(h - 0.3)) + tf.reduce_sum(tf.sin(w))
 
 
-def _tf1_trajectory(momentum):
+def _tf1_trajectory(momentum=0.0, make_optimizer=None):
     graph = tf.Graph()
     with graph.as_default():
         init = _initial_values()
@@ -40,7 +40,10 @@ def _tf1_trajectory(momentum):
             for k, v in init.items()
         }
         loss = _loss(variables['w'], variables['b'], variables['emb'])
-        opt = tf.compat.v1.train.RMSPropOptimizer(LR, DECAY, momentum, EPS)
+        if make_optimizer is None:
+            opt = tf.compat.v1.train.RMSPropOptimizer(LR, DECAY, momentum, EPS)
+        else:
+            opt = make_optimizer()
         train_op = opt.minimize(loss, var_list=list(variables.values()))
         trajectory = []
         with tf.compat.v1.Session(graph=graph) as sess:
@@ -125,6 +128,36 @@ def test_callable_learning_rate_is_read_per_apply():
     lr.assign(0.5)
     opt.apply([tf.constant([1.0])], [var])
     assert var.numpy()[0] < 1.0
+
+
+@pytest.mark.parametrize('compiled', [False, True])
+def test_matches_tf1_adam(compiled):
+    expected = _tf1_trajectory(
+        make_optimizer=lambda: tf.compat.v1.train.AdamOptimizer(LR, 0.8, 0.95, 1e-4)
+    )
+    actual = _tf2_trajectory(optimizers.Adam(LR, 0.8, 0.95, 1e-4), compiled)
+    for step_expected, step_actual in zip(expected, actual):
+        for name in step_expected:
+            np.testing.assert_allclose(step_actual[name], step_expected[name], atol=1e-6)
+
+
+def test_adam_slots_checkpoint(tmp_path):
+    var = tf.Variable(tf.ones([2, 3]))
+    opt = optimizers.Adam(LR)
+    opt.apply([tf.fill([2, 3], 2.0)], [var])
+    path = tf.train.Checkpoint(opt=opt, var=var).save(str(tmp_path / 'ckpt'))
+
+    var2 = tf.Variable(tf.zeros([2, 3]))
+    opt2 = optimizers.Adam(LR)
+    tf.train.Checkpoint(opt=opt2, var=var2).restore(path)
+    opt2.initialize([var2])
+    assert opt2.step.numpy() == 1
+    np.testing.assert_allclose(opt2.m[0].numpy(), opt.m[0].numpy())
+    np.testing.assert_allclose(opt2.v[0].numpy(), opt.v[0].numpy())
+    # The restored step count keeps the bias correction where it was.
+    opt.apply([tf.fill([2, 3], -1.0)], [var])
+    opt2.apply([tf.fill([2, 3], -1.0)], [var2])
+    np.testing.assert_allclose(var2.numpy(), var.numpy())
 
 
 @pytest.mark.parametrize('frames', [0, 1, 250, 999, 1000, 5000])
