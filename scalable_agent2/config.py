@@ -177,8 +177,6 @@ class AgentConfig:
       use_lstm: run the LSTM core (the original); False gives the paper's feed-forward
         single-game Atari agent, whose heads read the torso output directly (the core state is
         then carried but unused).
-      zero_init_baseline: start the baseline head's weights at 0 (not in the original, whose
-        heads start from Sonnet's default truncated normal); it only changes a fresh start.
     """
 
     num_actions: int
@@ -186,7 +184,6 @@ class AgentConfig:
     core_size: int = 256
     use_instruction: bool = False
     use_lstm: bool = True
-    zero_init_baseline: bool = False
 
     def validate(self) -> 'AgentConfig':
         _positive('num_actions', self.num_actions)
@@ -457,7 +454,6 @@ class ExperimentConfig:
       cluster: `ClusterConfig`, addresses and behaviour of distributed mode.
       network: agent torso, 'deep', 'shallow' or 'mlp'.
       use_lstm: the agent's LSTM core (True, the original) or the feed-forward agent.
-      zero_init_baseline: start the baseline head's weights at 0 (see `AgentConfig`).
       save_checkpoint_secs: seconds between checkpoints (also saved at the end and on signals).
       save_summaries_secs: seconds between learner-metric summaries (episodes are always written).
       log_interval_secs: seconds between progress log lines.
@@ -528,12 +524,6 @@ class ExperimentConfig:
         True,
         "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
         "paper's single-game Atari experts.",
-    )
-    zero_init_baseline: bool = flag_field(
-        False,
-        "Start the baseline head's weights at 0 (not in the original): the value gradient then "
-        'moves every torso unit the same way instead of switching off about half of them '
-        '(docs/RESULTS.md).',
     )
     save_checkpoint_secs: float = flag_field(
         600.0, 'Seconds between checkpoints; one is also saved at the end and on SIGINT/SIGTERM.'

@@ -224,11 +224,7 @@ class ImpalaAgent(snt.RNNCore):
         self._instruction_encoder = InstructionEncoder() if config.use_instruction else None
         self._core = _LazyLSTM(config.core_size, name='core')
         self._policy_logits = snt.Linear(config.num_actions, name='policy_logits')
-        self._baseline = snt.Linear(
-            1,
-            w_init=snt.initializers.Zeros() if config.zero_init_baseline else None,
-            name='baseline',
-        )
+        self._baseline = snt.Linear(1, name='baseline')
         self._built = False
 
     @property

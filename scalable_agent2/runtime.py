@@ -293,7 +293,6 @@ def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConf
         torso=cfg.network,
         use_lstm=cfg.use_lstm,
         use_instruction=bool(env.observation_spec.has_instruction),
-        zero_init_baseline=cfg.zero_init_baseline,
     ).validate()
 
 
@@ -310,7 +309,6 @@ def check_action_sets(envs: Sequence[Any], levels: Sequence[str], num_actions: i
 def agent_spec(agent_config: config.AgentConfig, observation_spec: Any) -> dict[str, Any]:
     """What a checkpoint must match: the agent config and the frame shape/dtype."""
     spec = dataclasses.asdict(agent_config)
-    del spec['zero_init_baseline']  # Initialisation only: a checkpoint restores into either.
     spec['frame_shape'] = [int(d) for d in observation_spec.frame_shape]
     spec['frame_dtype'] = str(observation_spec.frame_dtype)
     return spec

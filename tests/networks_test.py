@@ -260,22 +260,3 @@ def test_feed_forward_agent_ignores_the_core_state_and_the_past():
     other = env_outputs._replace(observation=_env_outputs((t, b), 'shallow', seed=4).observation)
     moved, _ = agent.unroll(actions, other, state)
     assert np.abs(moved.policy_logits.numpy() - out.policy_logits.numpy()).max() > 1e-4
-
-
-def test_zero_init_baseline_starts_the_value_at_zero_and_keeps_the_policy():
-    """--zero_init_baseline: the baseline is 0 for every input at the start; logits as usual."""
-    t, b = 3, 2
-    env_outputs = _env_outputs((t, b), 'shallow', seed=5)
-    actions = tf.zeros([t, b], tf.int32)
-    outputs = {}
-    for zero in (False, True):
-        tf.random.set_seed(7)
-        agent = networks.ImpalaAgent(
-            config.AgentConfig(
-                num_actions=NUM_ACTIONS, torso='shallow', use_lstm=False, zero_init_baseline=zero
-            )
-        )
-        outputs[zero], _ = agent.unroll(actions, env_outputs, agent.initial_state(b))
-    np.testing.assert_array_equal(outputs[True].baseline.numpy(), np.zeros([t, b]))
-    assert np.abs(outputs[False].baseline.numpy()).min() > 0
-    np.testing.assert_allclose(outputs[True].policy_logits, outputs[False].policy_logits)
