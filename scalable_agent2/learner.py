@@ -1,8 +1,8 @@
 """The IMPALA learner: one training step on a batch of unrolls, and its checkpointable state.
 
 `Learner.step` is one `tf.function`. String work (instruction hashing) runs in the outer graph;
-everything numeric (agent unroll, V-trace, losses, gradients, the optimizer, frame counter) runs in
-an inner function that is XLA-compiled (`jit_compile=True`) when `config.use_xla`.
+everything numeric (agent unroll, V-trace, losses, gradients, the optimizer, frame counter) runs
+in an inner function that is XLA-compiled (`jit_compile=True`) when `config.use_xla`.
 
 The checkpointed state holds two counters that only applied updates advance:
 `num_environment_frames` (drives the learning-rate decay and the frame budget) and

@@ -129,6 +129,8 @@ def test_step_matches_numpy_reference(use_xla):
 
 def test_training_lowers_loss_counts_frames_and_decays_lr(use_xla=False):
     # XLA-vs-graph agreement is covered by the tests below; one compile saved here.
+    # A fixed initialisation: with about 1 in 8 random ones the sixth loss is not the lowest.
+    tf.random.set_seed(0)
     total_frames = 10 * B * T * REPEATS
     lrn = _make(use_xla=use_xla, learning_rate=0.001, total_environment_frames=total_frames)
     batch = _learnable_batch('shallow', seed=2)

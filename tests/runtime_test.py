@@ -308,6 +308,9 @@ def test_set_up_training_resumes_and_checks_the_agent_and_action_sets(tmp_path):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
     with pytest.raises(checkpoints.IncompatibleCheckpointError, match='num_actions=2'):
         runtime.set_up_training(cfg, [CARTPOLE_SPEC._replace(num_actions=3)], ['other'])
+    adam = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, optimizer='adam'))
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='adam/step'):
+        runtime.set_up_training(adam, [CARTPOLE_SPEC], ['lvl'])  # RMSProp's slots, not Adam's.
     with pytest.raises(ValueError, match='must share the action set'):
         runtime.set_up_training(
             cfg, [CARTPOLE_SPEC, CARTPOLE_SPEC._replace(num_actions=3)], ['a', 'b']
