@@ -96,7 +96,7 @@ def full_action_map(rom: str) -> list[int]:
     return mapping
 
 
-def _vector_env(
+def vector_env(
     rom: str, config: config_lib.EnvironmentConfig, num_envs: int, num_threads: int
 ) -> ale_py.AtariVectorEnv:
     """ale-py's C++ vector environment with the IMPALA preprocessing of `config`."""
@@ -134,7 +134,7 @@ class AtariEnvironment:
           seed: seeds the emulator and the no-op starts.
           is_test: evaluation mode: a lost life never ends the episode.
         """
-        self._env = _vector_env(rom_id(game), config, num_envs=1, num_threads=1)
+        self._env = vector_env(rom_id(game), config, num_envs=1, num_threads=1)
         self._seed = seed
         self._life_loss_ends_episode = config.atari_terminal_on_life_loss and not is_test
         self._num_actions = int(self._env.single_action_space.n)
@@ -247,7 +247,7 @@ class AtariBatch(EnvironmentBatch):
         self.level_names = level_names
         if num_threads is None:
             num_threads = min(self.num_envs, os.cpu_count() or 1)
-        self._env = _vector_env(rom, config, num_envs=self.num_envs, num_threads=num_threads)
+        self._env = vector_env(rom, config, num_envs=self.num_envs, num_threads=num_threads)
         self._seeds = np.asarray(seeds, np.int64)
         self._life_loss_ends_episode = config.atari_terminal_on_life_loss and not is_test
         self.num_actions = int(self._env.single_action_space.n)
