@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import checkpoints, config, learner, networks, runtime, summaries
+from scalable_agent2 import builder, checkpoints, config, learner, networks, summaries
 from scalable_agent2.environments.base import ObservationSpec
 from scalable_agent2.scoring import dmlab30
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
@@ -300,7 +300,7 @@ def test_resume_restores_parameters_optimizer_slots_and_frames_exactly(tmp_path)
 
     def make():
         agent = networks.ImpalaAgent(config.AgentConfig(num_actions=2, torso='mlp', core_size=8))
-        runtime.create_agent_variables(agent, spec)
+        builder.create_agent_variables(agent, spec)
         lc = config.LearnerConfig(
             batch_size=2,
             unroll_length=3,
