@@ -268,7 +268,7 @@ class Environment:
         """The output of the pending `step_async` or `initial_async`."""
         return self._unpack(self._process.result())
 
-    def _wait_packed(self) -> tuple[_Packed, np.ndarray | None]:
+    def wait_packed(self) -> tuple[_Packed, np.ndarray | None]:
         """The pending call's small fields, and the shared frame (None: it is in the fields).
 
         The shared frame is a view the next step overwrites: copy it before stepping again.
