@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from scalable_agent2.errors import UsageError
+from scalable_agent2.scoring import suites
 
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 OPTIMIZERS = ('rmsprop', 'adam')
@@ -147,7 +148,9 @@ class EnvironmentConfig:
         "Use all 18 Atari actions for every game. Default: on for 'atari57' (one agent plays "
         "every game), off for a single game (its minimal action set, as the paper's experts).",
         default=None,
-        to_config=lambda value, flags: flags['level_name'] == 'atari57' if value is None else value,
+        to_config=lambda value, flags: (
+            suites.full_action_space(flags['level_name']) if value is None else value
+        ),
     )
 
     def validate(self) -> 'EnvironmentConfig':

@@ -31,10 +31,10 @@ from scalable_agent2 import (
     environments,
     learner,
     policy,
-    summaries,
     train,
     workers,
 )
+from scalable_agent2.scoring import suites
 
 
 def level_for_task(level_name: str, task: int) -> str:
@@ -96,7 +96,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
     distributed.start_learner_server(cluster)
     builder.set_seeds(cfg.seed)
     level_names = environments.expand_level_names(cfg.level_name, is_test=False)
-    suite = summaries.suite_of(cfg.level_name)
+    suite = suites.suite_of(cfg.level_name)
 
     # One environment, only for the observation spec and the action set.
     env = environments.create_environment(

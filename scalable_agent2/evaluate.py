@@ -31,9 +31,9 @@ from scalable_agent2 import (
     environments,
     policy,
     recording,
-    summaries,
     workers,
 )
+from scalable_agent2.scoring import suites
 
 TEST_RESULTS_FILE = 'test_results.json'
 
@@ -150,10 +150,10 @@ def record_videos(
 
 
 def suite_results(cfg: config.ExperimentConfig, level_returns: dict[str, list[float]]) -> dict:
-    suite = summaries.suite_of(cfg.level_name)
+    suite = suites.suite_of(cfg.level_name)
     if suite is None:
         return {}
-    scores = summaries.suite_scores(suite, level_returns)
+    scores = suites.suite_scores(suite, level_returns)
     return {f'{suite}_{k}': v for k, v in scores.items()}
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from absl import logging
 
 from scalable_agent2 import actor, builder, config, environments, learner, summaries, workers
+from scalable_agent2.scoring import suites
 
 
 def actor_levels(cfg: config.ExperimentConfig) -> tuple[list[str], str | None]:
@@ -28,7 +29,7 @@ def actor_levels(cfg: config.ExperimentConfig) -> tuple[list[str], str | None]:
     whose score the summaries report (None if the environments do not cover it)."""
     level_names = environments.expand_level_names(cfg.level_name, is_test=False)
     levels = [level_names[i % len(level_names)] for i in range(cfg.num_actors)]
-    suite = summaries.suite_of(cfg.level_name)
+    suite = suites.suite_of(cfg.level_name)
     if suite is not None and len(set(levels)) < len(level_names):
         logging.warning(
             '%d actors cover %d of the %d %s levels; no suite score will be reported.',
