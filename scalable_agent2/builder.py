@@ -14,7 +14,9 @@ roles here, so the agent is built one way and the checkpoint is checked one way.
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +27,7 @@ from scalable_agent2 import (
     actor,
     checkpoints,
     config,
+    distributed,
     environments,
     learner,
     networks,
@@ -53,6 +56,13 @@ def set_seeds(seed: int) -> None:
     np.random.seed(seed)
 
 
+def start_run(cfg: config.ExperimentConfig) -> None:
+    """A single-machine program's start: TensorFlow's thread pools, the logdir, the seeds."""
+    workers.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+    prepare_logdir(cfg.logdir)
+    set_seeds(cfg.seed)
+
+
 class EnvironmentSpec(NamedTuple):
     """What the agent needs to know of an environment (kept after the environment is closed)."""
 
@@ -71,17 +81,14 @@ def agent_config_for(cfg: config.ExperimentConfig, env: Any) -> config.AgentConf
       ValueError: a convolutional network for vector observations.
     """
     frame_shape = tuple(env.observation_spec.frame_shape)
-    if cfg.network in ('deep', 'shallow') and len(frame_shape) != 3:
+    if cfg.agent.torso in ('deep', 'shallow') and len(frame_shape) != 3:
         raise UsageError(
-            f'--network={cfg.network} needs image frames [H, W, C], but {cfg.level_name} gives '
-            f'observations of shape {list(frame_shape)}; use --network=mlp'
+            f'--network={cfg.agent.torso} needs image frames [H, W, C], but {cfg.level_name} '
+            f'gives observations of shape {list(frame_shape)}; use --network=mlp'
         )
-    return config.AgentConfig(
-        num_actions=int(env.num_actions),
-        torso=cfg.network,
-        use_lstm=cfg.use_lstm,
-        use_instruction=bool(env.observation_spec.has_instruction),
-    ).validate()
+    return cfg.agent.for_environment(
+        int(env.num_actions), bool(env.observation_spec.has_instruction)
+    )
 
 
 def check_action_sets(
@@ -335,3 +342,43 @@ def create_environment_batches(
         workers.close_all(batches)
         raise
     return batches
+
+
+def unroll_batches(
+    cfg: config.ExperimentConfig, unroll_queue: queue.Queue, stop: threading.Event
+) -> Callable[[], Any]:
+    """The learner's batches from the actor threads' queue: `cfg.learner.batch_size` unrolls
+    stacked time-major (`actor.batches_from_unrolls`; None once `stop` is set)."""
+    return actor.batches_from_unrolls(unroll_queue, cfg.learner.batch_size, stop)
+
+
+def dequeued_batches(
+    cfg: config.ExperimentConfig, unroll_queue: distributed.UnrollQueue
+) -> Callable[[], Any]:
+    """The learner's batches from the learner-hosted queue: dequeue_many
+    `cfg.learner.batch_size` (None once the queue is closed)."""
+
+    def next_batch() -> Any:
+        try:
+            return unroll_queue.dequeue_batch(cfg.learner.batch_size)
+        except distributed.QueueClosedError:
+            return None
+
+    return next_batch
+
+
+def unroll_spec(
+    cfg: config.ExperimentConfig,
+    agent_config: config.AgentConfig,
+    observation_spec: Any,
+    initial_state: Any,
+) -> Any:
+    """The layout of one unroll of `cfg.learner.unroll_length` steps in the learner-hosted
+    queue (`distributed.unroll_spec`)."""
+    return distributed.unroll_spec(
+        observation_spec.frame_shape,
+        observation_spec.frame_dtype,
+        agent_config.num_actions,
+        initial_state,
+        cfg.learner.unroll_length,
+    )

@@ -49,18 +49,6 @@ def env_indices(cfg: config.ExperimentConfig) -> list[int]:
     return [cfg.task * cfg.envs_per_actor + j for j in range(cfg.envs_per_actor)]
 
 
-def _dequeue_batches(unroll_queue: distributed.UnrollQueue, batch_size: int) -> Callable[[], Any]:
-    """A batch maker for `train.run_learner`: dequeue_many B (None once the queue closed)."""
-
-    def next_batch():
-        try:
-            return unroll_queue.dequeue_batch(batch_size)
-        except distributed.QueueClosedError:
-            return None
-
-    return next_batch
-
-
 def _queue_size(unroll_queue: distributed.UnrollQueue, capacity: int) -> Callable[[], tuple]:
     def size() -> tuple[int, int]:
         try:
@@ -110,7 +98,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
     obs_spec = setup.observation_spec
 
     store = distributed.ParameterStore(setup.agent.variables, cluster.learner_address)
-    spec = _unroll_spec(cfg, setup.agent_config, obs_spec, setup.initial_state)
+    spec = builder.unroll_spec(cfg, setup.agent_config, obs_spec, setup.initial_state)
     unroll_queue = distributed.UnrollQueue(spec, cluster.queue_capacity)
     # Published only once the queue exists: actors attach to the queue after they see the
     # parameters, so the learner's layout is always the one created.
@@ -126,7 +114,7 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
         return train.run_learner(
             cfg,
             setup,
-            _dequeue_batches(unroll_queue, cfg.learner.batch_size),
+            builder.dequeued_batches(cfg, unroll_queue),
             threads,
             stop,
             suite=suite,
@@ -146,22 +134,6 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
         time.sleep(cluster.shutdown_grace_secs)
 
 
-def _unroll_spec(
-    cfg: config.ExperimentConfig,
-    agent_config: config.AgentConfig,
-    observation_spec: Any,
-    initial_state: Any,
-) -> Any:
-    """The layout of one unroll in the learner-hosted queue (`distributed.unroll_spec`)."""
-    return distributed.unroll_spec(
-        observation_spec.frame_shape,
-        observation_spec.frame_dtype,
-        agent_config.num_actions,
-        initial_state,
-        cfg.learner.unroll_length,
-    )
-
-
 def _build_actor(
     cfg: config.ExperimentConfig, levels: list[str], seeds: list[int]
 ) -> tuple[actor.Actor, distributed.ParameterStore, distributed.UnrollQueue]:
@@ -179,7 +151,7 @@ def _build_actor(
         builder.create_agent_variables(agent, obs_spec)
         store = distributed.ParameterStore(agent.variables, cluster.learner_address)
         initial_state = builder.initial_core_state(agent)
-        spec = _unroll_spec(cfg, agent_config, obs_spec, initial_state)
+        spec = builder.unroll_spec(cfg, agent_config, obs_spec, initial_state)
         store.wait_published(cluster.connect_timeout_secs)
         unroll_queue = distributed.UnrollQueue(
             spec, cluster.queue_capacity, cluster.learner_address

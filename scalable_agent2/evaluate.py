@@ -223,9 +223,7 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
         raise ValueError('test mode runs on one machine: use task -1')
     if not os.path.isdir(cfg.logdir):
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir} (no such dir)')
-    workers.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
-    builder.prepare_logdir(cfg.logdir)
-    builder.set_seeds(cfg.seed)
+    builder.start_run(cfg)
     level_names = environments.expand_level_names(cfg.level_name, is_test=True)
     if tf.train.latest_checkpoint(cfg.logdir) is None:
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir}')

@@ -116,9 +116,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
             'train.train runs single-machine mode (task -1); distributed jobs (task >= 0) run '
             'through distributed_train'
         )
-    workers.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
-    builder.prepare_logdir(cfg.logdir)
-    builder.set_seeds(cfg.seed)
+    builder.start_run(cfg)
     levels, suite = actor_levels(cfg)
 
     stop = threading.Event()
@@ -148,7 +146,7 @@ def train(cfg: config.ExperimentConfig) -> dict[str, Any]:
         return run_learner(
             cfg,
             setup,
-            actor.batches_from_unrolls(unroll_queue, cfg.learner.batch_size, stop),
+            builder.unroll_batches(cfg, unroll_queue, stop),
             threads,
             stop,
             suite=suite,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import builder, checkpoints
+from scalable_agent2 import builder, checkpoints, config
 from tests import fakes
 
 
@@ -30,9 +30,8 @@ def test_set_up_training_resumes_and_checks_the_agent_and_action_sets(tmp_path):
             cfg, [fakes.CARTPOLE_SPEC, fakes.CARTPOLE_SPEC._replace(num_actions=3)], ['a', 'b']
         )
     with pytest.raises(ValueError, match='needs image frames'):
-        builder.set_up_training(
-            dataclasses.replace(cfg, network='shallow'), [fakes.CARTPOLE_SPEC], ['lvl']
-        )
+        shallow = dataclasses.replace(cfg, agent=config.AgentConfig(torso='shallow'))
+        builder.set_up_training(shallow, [fakes.CARTPOLE_SPEC], ['lvl'])
 
 
 def test_restore_agent_for_test_builds_no_optimizer(tmp_path):

@@ -95,7 +95,7 @@ def _save_checkpoint(logdir, frames, level_name, network, env_config, num_action
     cfg = config.ExperimentConfig(
         logdir=str(logdir),
         level_name=level_name,
-        network=network,
+        agent=config.AgentConfig(torso=network),
         environment=env_config,
         learner=config.LearnerConfig(num_action_repeats=num_action_repeats, use_xla=False),
     ).validate()
@@ -133,7 +133,10 @@ def test_evaluate_writes_results(tmp_path):
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     cfg = config.ExperimentConfig(
-        logdir=str(tmp_path / 'empty'), mode='test', level_name='gym/CartPole-v1', network='mlp'
+        logdir=str(tmp_path / 'empty'),
+        mode='test',
+        level_name='gym/CartPole-v1',
+        agent=config.AgentConfig(torso='mlp'),
     )
     with pytest.raises(checkpoints.NoCheckpointError, match='no checkpoint'):
         evaluate.evaluate(cfg)
@@ -201,7 +204,9 @@ def test_suite_results_use_the_test_level_names_that_test_mode_runs():
 def test_convolutional_network_on_vector_observations_is_a_clear_error(tmp_path):
     cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
     with pytest.raises(ValueError, match='needs image frames .* use --network=mlp'):
-        evaluate.evaluate(dataclasses.replace(cfg, mode='test', network='shallow'))
+        evaluate.evaluate(
+            dataclasses.replace(cfg, mode='test', agent=config.AgentConfig(torso='shallow'))
+        )
 
 
 @pytest.mark.timeout(300)

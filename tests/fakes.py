@@ -1,9 +1,10 @@
-"""Fakes the tests share: a counting environment, a CartPole-shaped spec, config and batch."""
+"""What the tests share: a counting environment, a CartPole-shaped spec, config and batch,
+and the scalar summaries of a logdir."""
 
 import numpy as np
 import tensorflow as tf
 
-from scalable_agent2 import builder, config
+from scalable_agent2 import builder, config, plot
 from scalable_agent2.environments.base import ObservationSpec
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
 
@@ -52,7 +53,7 @@ CARTPOLE_SPEC = builder.EnvironmentSpec(ObservationSpec((4,), 'float32', False),
 def cartpole_cfg(logdir, **kwargs):
     return config.ExperimentConfig(
         logdir=str(logdir),
-        network='mlp',
+        agent=config.AgentConfig(torso='mlp'),
         environment=config.EnvironmentConfig(num_action_repeats=1),
         learner=config.LearnerConfig(num_action_repeats=1, use_xla=False),
         **kwargs,
@@ -84,3 +85,11 @@ def synthetic_batch(agent, t1=4, b=2, seed=0):
             np.zeros((t1, b), np.float32),
         ),
     )
+
+
+def scalar_points(logdir) -> dict[str, list[tuple[int, float]]]:
+    """The scalar summaries under `logdir` (`plot.read_scalars`), by tag: [(step, value)]."""
+    return {
+        tag: list(zip(series.steps.tolist(), series.values.tolist(), strict=True))
+        for tag, series in plot.read_scalars(str(logdir)).items()
+    }

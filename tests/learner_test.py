@@ -2,7 +2,6 @@
 the learner loop over synthetic sources with its hooks."""
 
 import dataclasses
-import glob
 import json
 import logging as std_logging
 import os
@@ -654,17 +653,6 @@ def test_publish_and_periodic_checkpoint_hooks():
     assert ckpt.saved == []
 
 
-def _summary_scalars(logdir):
-    tags = {}
-    for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tensor = tf.make_ndarray(value.tensor)
-                if tensor.ndim == 0:
-                    tags.setdefault(value.tag, []).append((event.step, float(tensor)))
-    return tags
-
-
 def test_standard_hooks_with_a_real_learner_on_a_synthetic_source(tmp_path, caplog):
     """Summaries (learning_rate = the rate the step used), progress log, checkpoints, budget."""
     from scalable_agent2 import summaries
@@ -672,7 +660,7 @@ def test_standard_hooks_with_a_real_learner_on_a_synthetic_source(tmp_path, capl
     lr, total = 0.01, 60  # 10 steps of 3 x 2 frames.
     cfg = config.ExperimentConfig(
         logdir=str(tmp_path),
-        network='mlp',
+        agent=config.AgentConfig(torso='mlp'),
         save_summaries_secs=1e-9,
         log_interval_secs=1e-9,
         save_checkpoint_secs=3600,
@@ -699,7 +687,7 @@ def test_standard_hooks_with_a_real_learner_on_a_synthetic_source(tmp_path, capl
     writer.close()
     assert steps == 10 and result['num_environment_frames'] == total
     assert result['checkpoint'].endswith(f'ckpt-{total}')
-    tags = _summary_scalars(str(tmp_path))
+    tags = fakes.scalar_points(tmp_path)
     assert [s for s, _ in tags['learning_rate']] == list(range(6, 61, 6))
     for step, rate in tags['learning_rate']:
         assert rate == pytest.approx(lr * (1 - (step - 6) / total), rel=1e-5)
