@@ -305,6 +305,7 @@ def create_environment(
       ValueError: unknown suite, level, game or Gymnasium id (listing what is available), a
         suite name instead of a level, or the environment's own constructor error.
     """
+    config.validate()
     _suite_of(level_name)  # Fail fast, in the parent, for names we can check cheaply.
     process = py_process.PyProcess(_shared_frame_environment, level_name, config, seed, is_test)
     try:
@@ -345,6 +346,7 @@ def create_environment_batch(
     Raises:
       ValueError: no levels, as many seeds as levels not given, or as `create_environment`.
     """
+    config.validate()
     level_names, seeds = list(level_names), [int(s) for s in seeds]
     if not level_names:
         raise ValueError('create_environment_batch needs at least one level name')
