@@ -53,7 +53,7 @@ def _config(args: argparse.Namespace, job_name: str, task: int):
     return config.ExperimentConfig(
         logdir=args.logdir,
         level_name=LEVEL,
-        network='shallow',
+        agent=config.AgentConfig(torso='shallow'),
         task=task,
         job_name=job_name,
         envs_per_actor=args.envs_per_actor,

@@ -24,7 +24,7 @@ tables; throughput in env frames/s.
 Part 3, the environment-only limit of a batched actor: `AtariBatch` (one `AtariVectorEnv` of E
 Pong games, the training preprocessing and protocol, E C++ threads capped at the CPU count)
 stepped with uniformly random actions through the same `send` / `receive(out)` calls the
-`BatchedActor` makes, for E in `--batch_envs`: env frames/s (agent steps x action repeats),
+`actor.Actor` makes, for E in `--batch_envs`: env frames/s (agent steps x action repeats),
 median over `rounds` rounds of `seconds` seconds.
 """
 

@@ -273,20 +273,20 @@ class ModelCosts:
     """CPU seconds per agent step of inference (batch `num_actors`) and of the learner (B x T)."""
 
     def __init__(self, rounds: int):
-        from scalable_agent2 import config, environments, networks, runtime
+        from scalable_agent2 import builder, config, environments, networks, policy
 
         env = environments.create_environment(
             LEVEL, config.EnvironmentConfig(), seed=0, is_test=False
         )
         try:
-            self.spec = runtime.EnvironmentSpec.of(env)
+            self.spec = builder.EnvironmentSpec.of(env)
         finally:
             env.close()
         self.agent = networks.ImpalaAgent(
             config.AgentConfig(num_actions=self.spec.num_actions, torso='shallow', use_lstm=True)
         )
-        runtime.create_agent_variables(self.agent, self.spec.observation_spec)
-        self.policy = runtime.make_policy(self.agent)
+        builder.create_agent_variables(self.agent, self.spec.observation_spec)
+        self.policy = policy.make_policy(self.agent)
         self.rounds = rounds
 
     @staticmethod
@@ -302,9 +302,9 @@ class ModelCosts:
     def inference(self, num_actors: int) -> float:
         import tensorflow as tf
 
-        from scalable_agent2 import runtime
+        from scalable_agent2 import builder
 
-        dummy = runtime.dummy_env_output(self.spec.observation_spec)
+        dummy = builder.dummy_env_output(self.spec.observation_spec)
         inputs = tf.nest.map_structure(lambda x: np.repeat(x, num_actors, axis=0), dummy)
         inputs = inputs._replace(info=(), observation=(inputs.observation[0], ()))
         state = self.agent.initial_state(num_actors)
@@ -391,9 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isfile(os.path.join(tree, 'experiments', 'experiment.py')):
         sys.exit(f'--tree={args.tree}: no experiments/experiment.py there')
 
-    from scalable_agent2 import runtime
+    from scalable_agent2 import workers
 
-    runtime.configure_tf_threads(args.intra_op_threads, args.inter_op_threads)
+    workers.configure_tf_threads(args.intra_op_threads, args.inter_op_threads)
     import tensorflow as tf
 
     cores = os.cpu_count()

@@ -1,123 +1,46 @@
-"""The actor's unroll loop: step environments with the agent and emit T+1-step unrolls.
+"""The actor: E environments stepped as one batch with the agent, emitting T+1-step unrolls.
 
-An actor keeps its last environment output, agent (core) state and agent output between
-unrolls, as the original does: every unroll starts with the last entry of the previous one,
-followed by `unroll_length` new steps, and carries the core state from before its first new
-step. Policy calls go through a callable (in training, the dynamically batched agent step), so
-the actor itself holds no TensorFlow state.
+An `Actor` runs an `EnvironmentBatch` of E environments with one policy call of E rows per step
+(in training, the dynamically batched agent step; distributed actors call the agent directly),
+so the actor itself holds no TensorFlow state. Each environment is still one IMPALA actor in
+the paper's sense: it keeps its last environment output, agent (core) state and agent output
+between unrolls, as the original does; every unroll starts with the last entry of the previous
+one, followed by `unroll_length` new steps, and carries the core state from before its first
+new step. (tests/reference_actor.py holds the original's one-environment actor loop written
+plainly, whose unrolls an `Actor`'s must equal.)
 
-Two actors share one driving interface (`unrolls()`, `restarts`, `level_names`, `close()`):
-  * `Actor`: one environment, one policy row per step (the original's actor);
-  * `BatchedActor`: an `EnvironmentBatch` of E environments, one policy call of E rows per
-    step, state and unrolls in preallocated arrays; it returns E unrolls at a time, each the
-    same as a single-environment `Actor` of that environment would return.
+`actor_loop` drives actors in a thread and puts their unrolls on a queue; `batches_from_unrolls`
+stacks `batch_size` of them time-major for the learner (`stack_unrolls`).
 """
 
 import collections
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from scalable_agent2 import workers
 from scalable_agent2.environments import batched
 from scalable_agent2.errors import RunAbortedError
+from scalable_agent2.policy import Policy, policy_inputs
 from scalable_agent2.py_process import PyProcessDiedError
-from scalable_agent2.types import (
-    ActorOutput,
-    AgentOutput,
-    StepOutput,
-    StepOutputInfo,
-    game_over_or_done,
-)
-
-# policy(last_action int32 [n], env_output StepOutput with [n]-batched fields, core_state nest
-# [n, ...]) -> (AgentOutput with [n]-batched fields, new core_state nest [n, ...]); n = 1 for
-# an `Actor`, E for a `BatchedActor` (rows are independent: row i is environment i).
-Policy = Callable[[Any, StepOutput, Any], tuple[AgentOutput, Any]]
-
-
-def batch_env_output(env_output: StepOutput) -> StepOutput:
-    """Adds a leading batch dimension of 1 to an environment's (numpy) step output.
-
-    Args:
-      env_output: `StepOutput` of scalars, observation `(frame [...], instruction str)`.
-
-    Returns:
-      `StepOutput` with reward float32 [1], info (float32 [1], int32 [1], bool [1]), done
-      bool [1], observation (frame [1, ...], instruction object (str) [1]).
-    """
-    frame, instruction = env_output.observation
-    return StepOutput(
-        reward=np.asarray([env_output.reward], np.float32),
-        info=StepOutputInfo(
-            np.asarray([env_output.info.episode_return], np.float32),
-            np.asarray([env_output.info.episode_step], np.int32),
-            np.asarray([game_over_or_done(env_output.info, env_output.done)], np.bool_),
-        ),
-        done=np.asarray([env_output.done], np.bool_),
-        observation=(np.asarray(frame)[None], np.asarray([instruction], dtype=object)),
-    )
-
-
-def policy_inputs(env_output: StepOutput, use_instruction: bool) -> StepOutput:
-    """Drops what the agent does not read before a policy call (fewer tensors to batch).
-
-    Args:
-      env_output: `[1]`-batched `StepOutput` from `batch_env_output`.
-      use_instruction: whether the agent encodes the instruction.
-
-    Returns:
-      The same with info `()` and, without `use_instruction`, instruction `()` (the agent's
-      `tokenize` passes `()` through).
-    """
-    frame, instruction = env_output.observation
-    return env_output._replace(info=(), observation=(frame, instruction if use_instruction else ()))
-
-
-def _unbatch(nest: Any) -> Any:
-    """Drops the leading dimension of 1 from every array of a (tensor or numpy) nest."""
-    return tf.nest.map_structure(lambda x: np.asarray(x)[0], nest)
+from scalable_agent2.types import ActorOutput, AgentOutput
 
 
 def _to_numpy(nest: Any) -> Any:
     return tf.nest.map_structure(np.asarray, nest)
 
 
-def _stack_steps(steps: list[Any]) -> Any:
-    """Stacks a list of same-structure nests of numpy values along a new leading axis."""
-
-    def stack(*xs):
-        first = np.asarray(xs[0])
-        if first.dtype.kind in ('U', 'S', 'O'):
-            return np.array(list(xs), dtype=object)
-        return np.stack(xs)
-
-    return tf.nest.map_structure(stack, *steps)
-
-
-def _env_output_numpy(env_output: StepOutput) -> StepOutput:
-    """Normalises an environment output to numpy values of fixed dtypes (no batch dim)."""
-    frame, instruction = env_output.observation
-    return StepOutput(
-        reward=np.float32(env_output.reward),
-        info=StepOutputInfo(
-            np.float32(env_output.info.episode_return),
-            np.int32(env_output.info.episode_step),
-            np.bool_(game_over_or_done(env_output.info, env_output.done)),
-        ),
-        done=np.bool_(env_output.done),
-        observation=(np.asarray(frame), str(instruction)),
-    )
-
-
 class EnvironmentCrashLoopError(RunAbortedError):
     """An actor's environment died too often in a short time to keep recreating it."""
 
 
-def _count_death(
+def count_death(
     times: collections.deque, max_restarts: int, window_secs: float, what: str, error: Exception
 ) -> None:
     """Records one environment death; EnvironmentCrashLoopError past the crash-loop limit."""
@@ -132,170 +55,14 @@ def _count_death(
 
 
 class Actor:
-    """Runs one environment with a policy and produces unrolls of `unroll_length + 1` entries.
-
-    Not thread-safe: each actor thread owns one `Actor` (and its environment). With `recreate`,
-    an environment whose subprocess dies (segfault, OOM kill) is replaced by a new one: the
-    unroll in progress is dropped, the new environment starts a fresh episode with a zero core
-    state, and the restart is logged and counted (`restarts`). More than `max_restarts` deaths
-    within `restart_window_secs` raise `EnvironmentCrashLoopError`.
-
-    The programs run `BatchedActor`; this one-environment actor is the original's actor loop
-    written plainly, kept as the reference whose unrolls `BatchedActor`'s must equal (tests) and
-    for callers that step a single environment.
-    """
-
-    def __init__(
-        self,
-        env: Any,
-        level_name: str,
-        policy: Policy,
-        initial_agent_state: Any,
-        unroll_length: int,
-        use_instruction: bool = True,
-        recreate: Callable[[int], Any] | None = None,
-        max_restarts: int = 5,
-        restart_window_secs: float = 600.0,
-    ):
-        """Resets the environment and sets the persistent state.
-
-        Args:
-          env: environment with `initial()` and `step(action)` returning `StepOutput`.
-            (For E environments stepped at once, see `BatchedActor`.)
-          level_name: the level this actor plays (stored in every unroll).
-          policy: see `Policy`.
-          initial_agent_state: the core state for one environment, nest of `[1, ...]`.
-          unroll_length: T, new agent steps per unroll.
-          use_instruction: whether to pass the instruction to the policy (the unrolls always
-            keep it).
-          recreate: `recreate(n)` builds the replacement environment after the n-th subprocess
-            death (n = 1, 2, ...; e.g. to vary its seed); None lets `PyProcessDiedError`
-            propagate.
-          max_restarts, restart_window_secs: the crash-loop limit.
-        """
-        if unroll_length <= 0:
-            raise ValueError(f'unroll_length must be > 0, got {unroll_length}')
-        self._env = env
-        self._level_name = level_name
-        self._policy = policy
-        self._unroll_length = unroll_length
-        self._use_instruction = use_instruction
-        self._recreate = recreate
-        self._max_restarts = max_restarts
-        self._restart_window_secs = restart_window_secs
-        self._restart_times: collections.deque = collections.deque()
-        self.restarts = 0
-        self._initial_agent_state = _to_numpy(initial_agent_state)
-        self._env_output = _env_output_numpy(env.initial())
-        self._agent_state = self._initial_agent_state
-        # The original starts with an all-zero agent output (action 0 = "last action").
-        self._agent_output = None
-
-    @property
-    def level_name(self) -> str:
-        return self._level_name
-
-    @property
-    def level_names(self) -> list[str]:
-        """`[level_name]`: the levels of the unrolls that `unrolls()` returns, in order."""
-        return [self._level_name]
-
-    @property
-    def num_envs(self) -> int:
-        return 1
-
-    def close(self) -> None:
-        """Closes the current environment (the one a restart may have created)."""
-        self._env.close()
-
-    def unrolls(self) -> list[ActorOutput]:
-        """`[self.unroll()]`: the interface `BatchedActor` shares."""
-        return [self.unroll()]
-
-    def _restart(self, error: PyProcessDiedError) -> None:
-        while True:
-            _count_death(
-                self._restart_times,
-                self._max_restarts,
-                self._restart_window_secs,
-                f'the environment of {self._level_name}',
-                error,
-            )
-            self.restarts += 1
-            logging.warning(
-                'Environment of %s died (%s); recreating it (restart %d); the unroll in '
-                'progress is dropped.',
-                self._level_name,
-                error,
-                self.restarts,
-            )
-            try:
-                self._env.close()
-            except Exception as e:  # The dead process may fail to close cleanly.
-                logging.warning('Closing the dead environment failed: %r', e)
-            self._env = self._recreate(self.restarts)
-            try:
-                self._env_output = _env_output_numpy(self._env.initial())
-                break
-            except PyProcessDiedError as e:  # Died again at once: counts as another death.
-                error = e
-        self._agent_state = self._initial_agent_state
-        self._agent_output = tf.nest.map_structure(np.zeros_like, self._agent_output)
-
-    def _step_policy(self) -> tuple[AgentOutput, Any]:
-        last_action = np.asarray([self._agent_output.action], np.int32)
-        env_output = policy_inputs(batch_env_output(self._env_output), self._use_instruction)
-        agent_output, agent_state = self._policy(last_action, env_output, self._agent_state)
-        return _unbatch(agent_output), _to_numpy(agent_state)
-
-    def unroll(self) -> ActorOutput:
-        """Runs T agent steps and returns the unroll (recreating a dead environment, if allowed).
-
-        Returns:
-          `ActorOutput` (numpy): level_name str; agent_state nest `[1, ...]` (the state before
-          the first new step); env_outputs and agent_outputs with `[T+1, ...]` fields where
-          entry 0 is the last entry of the previous unroll. `agent_outputs[t]` was computed
-          from `env_outputs[t-1]` and produced `env_outputs[t]`.
-        """
-        if self._agent_output is None:
-            # Shapes and dtypes of a zero agent output come from one (discarded) policy call.
-            self._agent_output = AgentOutput(np.int32(0), None, None)
-            probe, _ = self._step_policy()
-            self._agent_output = tf.nest.map_structure(np.zeros_like, probe)
-        while True:
-            try:
-                return self._unroll_once()
-            except PyProcessDiedError as e:
-                if self._recreate is None:
-                    raise
-                self._restart(e)
-
-    def _unroll_once(self) -> ActorOutput:
-        initial_agent_state = self._agent_state
-        env_outputs = [self._env_output]
-        agent_outputs = [self._agent_output]
-        for _ in range(self._unroll_length):
-            agent_output, self._agent_state = self._step_policy()
-            env_output = _env_output_numpy(self._env.step(int(agent_output.action)))
-            self._agent_output, self._env_output = agent_output, env_output
-            env_outputs.append(env_output)
-            agent_outputs.append(agent_output)
-        return ActorOutput(
-            level_name=self._level_name,
-            agent_state=initial_agent_state,
-            env_outputs=_stack_steps(env_outputs),
-            agent_outputs=_stack_steps(agent_outputs),
-        )
-
-
-class BatchedActor:
     """Runs an `EnvironmentBatch` of E environments with one policy call per step for all E.
 
-    Every environment yields its own unrolls, exactly as a single-environment `Actor` would:
+    Every environment yields its own unrolls, exactly as the one-environment actor loop of the
+    original would:
     `unrolls()` runs T steps and returns E `ActorOutput`s, unroll i with environment i's level
     name, its core state `[1, ...]` from before the first new step, and `[T+1, ...]` env/agent
     outputs whose entry 0 is the last entry of its previous unroll. The agent resets the core
-    state of each row at that environment's own episode ends (it reads `done`, as with `Actor`).
+    state of each row at that environment's own episode ends (it reads `done`).
 
     Per-environment state (last env output, core state, last agent output) and the unroll live
     in preallocated arrays: time-major buffers `[T+1, E, ...]` whose row t is both what the
@@ -303,7 +70,7 @@ class BatchedActor:
     but the policy's call. Each step sends the actions, then writes the policy's outputs into
     the buffers while the environments step, then waits for them.
 
-    Not thread-safe: each actor thread owns one `BatchedActor` (and its batch).
+    Not thread-safe: each actor thread owns one `Actor` (and its batch).
 
     Environment deaths (a subprocess of a `SubprocessBatch` killed, e.g. by the OOM killer):
     with `recreate`, each dead environment i is replaced (fresh episode, zero core state and
@@ -426,8 +193,11 @@ class BatchedActor:
         """Runs T steps of every environment; returns their E unrolls (see the class doc).
 
         Returns:
-          E `ActorOutput`s (numpy), in the order of `level_names`, each as `Actor.unroll`
-          returns it.
+          E `ActorOutput`s (numpy), in the order of `level_names`: level_name str;
+          agent_state nest `[1, ...]` (the state before the first new step); env_outputs and
+          agent_outputs with `[T+1, ...]` fields where entry 0 is the last entry of the previous
+          unroll. `agent_outputs[t]` was computed from `env_outputs[t-1]` and produced
+          `env_outputs[t]`.
         """
         if self._agent_buffer is None:
             self._allocate_agent_buffer()
@@ -499,7 +269,7 @@ class BatchedActor:
         while pending:
             i, cause = pending.pop(0)
             level_name = self._batch.level_names[i]
-            _count_death(
+            count_death(
                 self._restart_times[i],
                 self._max_restarts,
                 self._restart_window_secs,
@@ -532,7 +302,7 @@ def stack_unrolls(unrolls: list[ActorOutput]) -> ActorOutput:
     """Stacks B unrolls into one time-major batch for the learner.
 
     Args:
-      unrolls: B `ActorOutput`s as returned by `Actor.unroll`.
+      unrolls: B `ActorOutput`s as returned by `Actor.unrolls`.
 
     Returns:
       `ActorOutput` (numpy): level_name object (str) `[B]`; agent_state nest `[B, ...]`;
@@ -554,3 +324,29 @@ def stack_unrolls(unrolls: list[ActorOutput]) -> ActorOutput:
         env_outputs=tf.nest.map_structure(time_major, *[u.env_outputs for u in unrolls]),
         agent_outputs=tf.nest.map_structure(time_major, *[u.agent_outputs for u in unrolls]),
     )
+
+
+def actor_loop(actors: Sequence[Any], unroll_queue: queue.Queue, stop: threading.Event) -> None:
+    """An actor thread: runs its actor objects in turn, putting their unrolls on the queue."""
+    while not stop.is_set():
+        for a in actors:
+            for unroll in a.unrolls():
+                if not workers.put(unroll_queue, unroll, stop):
+                    return
+
+
+def batches_from_unrolls(
+    unroll_queue: queue.Queue, batch_size: int, stop: threading.Event
+) -> Callable[[], ActorOutput | None]:
+    """A batch maker for `prefetch_loop`: `batch_size` unrolls stacked time-major (None: stop)."""
+
+    def next_batch() -> ActorOutput | None:
+        items = []
+        while len(items) < batch_size:
+            item = workers.get(unroll_queue, stop)
+            if item is None:
+                return None
+            items.append(item)
+        return stack_unrolls(items)
+
+    return next_batch

@@ -44,9 +44,10 @@ class _IntegerAllowingExponent(flags.IntegerParser):
         return super().convert(argument)
 
 
-# The configs whose fields the command line sets (`ExperimentConfig` holds the other three).
+# The configs whose fields the command line sets (`ExperimentConfig` holds the other four).
 CONFIG_CLASSES = (
     config.ExperimentConfig,
+    config.AgentConfig,
     config.EnvironmentConfig,
     config.LearnerConfig,
     config.ClusterConfig,
@@ -138,6 +139,7 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
         values['num_action_repeats'] = 1  # Gymnasium environments act every step unless told.
     if not fv['num_actor_threads'].present:
         values['num_actor_threads'] = max(1, min(values['num_actor_threads'], values['num_actors']))
+    agent = config.AgentConfig(**config_kwargs(config.AgentConfig, values))
     environment = config.EnvironmentConfig(**config_kwargs(config.EnvironmentConfig, values))
     learner = config.LearnerConfig(**config_kwargs(config.LearnerConfig, values))
     cluster_kwargs = config_kwargs(config.ClusterConfig, values)
@@ -157,7 +159,7 @@ def experiment_config(fv: flags.FlagValues = flags.FLAGS) -> config.ExperimentCo
             )
         experiment.update(task=tf_config_task, job_name=tf_config_job)
     cfg = config.ExperimentConfig(
-        **experiment, environment=environment, learner=learner, cluster=cluster
+        **experiment, agent=agent, environment=environment, learner=learner, cluster=cluster
     )
     return cfg.validate()
 

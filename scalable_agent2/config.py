@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from scalable_agent2.errors import UsageError
+from scalable_agent2.scoring import suites
 
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 OPTIMIZERS = ('rmsprop', 'adam')
@@ -24,6 +25,7 @@ MODES = ('train', 'test')
 JOB_NAMES = ('learner', 'actor')
 
 FLAG_METADATA_KEY = 'flag'
+NO_FLAG_METADATA_KEY = 'no_flag'
 _SAME_AS_FIELD = object()
 
 
@@ -78,6 +80,11 @@ def flag_field(field_default: Any, help_text: str | None, /, **flag: Any) -> Any
     return dataclasses.field(
         default=field_default, metadata={FLAG_METADATA_KEY: Flag(help_text, **flag)}
     )
+
+
+def unflagged_field(field_default: Any, why: str, /) -> Any:
+    """A field of a flagged config that no flag sets; `why` says where its value comes from."""
+    return dataclasses.field(default=field_default, metadata={NO_FLAG_METADATA_KEY: why})
 
 
 def field_flag(field: dataclasses.Field) -> Flag | None:
@@ -147,7 +154,9 @@ class EnvironmentConfig:
         "Use all 18 Atari actions for every game. Default: on for 'atari57' (one agent plays "
         "every game), off for a single game (its minimal action set, as the paper's experts).",
         default=None,
-        to_config=lambda value, flags: flags['level_name'] == 'atari57' if value is None else value,
+        to_config=lambda value, flags: (
+            suites.full_action_space(flags['level_name']) if value is None else value
+        ),
     )
 
     def validate(self) -> 'EnvironmentConfig':
@@ -167,26 +176,50 @@ class EnvironmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    """The agent's architecture.
+    """The agent's architecture: the flags' choices, completed by the environment's.
+
+    A new agent option is one field here (with its flag) and its use in `networks.py`. The
+    fields are what a checkpoint's agent spec records (`builder.agent_spec`).
 
     Attributes:
-      num_actions: size of the discrete action set (from the environment).
-      torso: 'deep' (ResNet, the original default), 'shallow' (the paper's) or 'mlp'.
+      num_actions: size of the discrete action set (from the environment; 0 until then).
+      torso: 'deep' (ResNet, the original default), 'shallow' (the paper's) or 'mlp'
+        (`--network`).
       core_size: LSTM units.
-      use_instruction: whether to encode the instruction (DeepMind Lab only).
+      use_instruction: whether to encode the instruction (DeepMind Lab only; from the
+        environment).
       use_lstm: run the LSTM core (the original); False gives the paper's feed-forward
         single-game Atari agent, whose heads read the torso output directly (the core state is
         then carried but unused).
     """
 
-    num_actions: int
-    torso: str = 'deep'
-    core_size: int = 256
-    use_instruction: bool = False
-    use_lstm: bool = True
+    num_actions: int = unflagged_field(0, "the environment's action set")
+    torso: str = flag_field(
+        'deep',
+        "Agent torso: 'deep' (the original's ResNet), 'shallow' (the paper's 2-layer CNN) or "
+        "'mlp' (for vector observations such as gym/CartPole-v1).",
+        name='network',
+        choices=TORSOS,
+    )
+    core_size: int = unflagged_field(256, "the original's LSTM size")
+    use_instruction: bool = unflagged_field(False, 'whether the environment gives instructions')
+    use_lstm: bool = flag_field(
+        True,
+        "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
+        "paper's single-game Atari experts.",
+    )
 
-    def validate(self) -> 'AgentConfig':
-        _positive('num_actions', self.num_actions)
+    def for_environment(self, num_actions: int, use_instruction: bool) -> 'AgentConfig':
+        """This config completed with an environment's action set and instruction use."""
+        return dataclasses.replace(
+            self, num_actions=num_actions, use_instruction=use_instruction
+        ).validate()
+
+    def validate(self, environment_known: bool = True) -> 'AgentConfig':
+        """Checks the fields; `environment_known=False` skips the environment's (the CLI's
+        check, before any environment exists)."""
+        if environment_known:
+            _positive('num_actions', self.num_actions)
         _positive('core_size', self.core_size)
         if self.torso not in TORSOS:
             raise UsageError(f'torso must be one of {TORSOS}, got {self.torso!r}')
@@ -452,13 +485,12 @@ class ExperimentConfig:
       record_video: in test mode, also record one episode per level as an MP4.
       task, job_name: distributed mode (task -1 = single machine).
       cluster: `ClusterConfig`, addresses and behaviour of distributed mode.
-      network: agent torso, 'deep', 'shallow' or 'mlp'.
-      use_lstm: the agent's LSTM core (True, the original) or the feed-forward agent.
       save_checkpoint_secs: seconds between checkpoints (also saved at the end and on signals).
       save_summaries_secs: seconds between learner-metric summaries (episodes are always written).
       log_interval_secs: seconds between progress log lines.
       max_checkpoints_to_keep: checkpoints kept in `logdir`.
       inference_timeout_ms: dynamic-batching timeout for the actors' policy calls.
+      agent: `AgentConfig` (its flags; the environment completes it).
       environment: `EnvironmentConfig`.
       learner: `LearnerConfig`.
     """
@@ -514,17 +546,6 @@ class ExperimentConfig:
     job_name: str = flag_field(
         'learner', 'Job name. Ignored when task is set to -1.', choices=JOB_NAMES
     )
-    network: str = flag_field(
-        'deep',
-        "Agent torso: 'deep' (the original's ResNet), 'shallow' (the paper's 2-layer CNN) or "
-        "'mlp' (for vector observations such as gym/CartPole-v1).",
-        choices=TORSOS,
-    )
-    use_lstm: bool = flag_field(
-        True,
-        "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
-        "paper's single-game Atari experts.",
-    )
     save_checkpoint_secs: float = flag_field(
         600.0, 'Seconds between checkpoints; one is also saved at the end and on SIGINT/SIGTERM.'
     )
@@ -538,6 +559,7 @@ class ExperimentConfig:
     inference_timeout_ms: int = flag_field(
         100, "Dynamic-batching timeout (ms) for the actors' batched policy calls."
     )
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     environment: EnvironmentConfig = dataclasses.field(default_factory=EnvironmentConfig)
     learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
@@ -555,8 +577,6 @@ class ExperimentConfig:
             raise UsageError(f'job_name must be one of {JOB_NAMES}, got {self.job_name!r}')
         if not self.level_name:
             raise UsageError('level_name must not be empty')
-        if self.network not in TORSOS:
-            raise UsageError(f'network must be one of {TORSOS}, got {self.network!r}')
         _positive('num_actors', self.num_actors)
         _positive('num_actor_threads', self.num_actor_threads)
         if self.mode == 'train' and self.task < 0 and self.num_actor_threads > self.num_actors:
@@ -580,6 +600,7 @@ class ExperimentConfig:
             )
         if self.task >= 0 and self.job_name == 'learner' and self.task != 0:
             raise UsageError(f'the learner job has one task, 0; got task {self.task}')
+        self.agent.validate(environment_known=False)
         self.environment.validate()
         self.learner.validate()
         self.cluster.validate()

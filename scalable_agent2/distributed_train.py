@@ -5,8 +5,8 @@ actor task i: envs_per_actor envs (subprocesses) + local agent;
               per unroll: read parameters -> unroll -> enqueue
 learner:      UnrollQueue --prefetch thread (dequeue_many B, time-major)--> batch queue (1)
               --> learner step (as single-machine mode) --> publish parameters every N steps
-              --> summaries, progress log, checkpoints (the same loop and hooks as
-              single-machine mode, `runtime.learner_loop`)
+              --> summaries, progress log, checkpoints (the same learner program as
+              single-machine mode, `train.run_learner`)
 ```
 The learner trains exactly as in single-machine mode, but on unrolls from the learner-hosted
 queue, so its frame counter advances only from actors' unrolls. Actor task i hosts environment
@@ -23,7 +23,18 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from scalable_agent2 import config, distributed, environments, runtime, summaries
+from scalable_agent2 import (
+    actor,
+    builder,
+    config,
+    distributed,
+    environments,
+    learner,
+    policy,
+    train,
+    workers,
+)
+from scalable_agent2.scoring import suites
 
 
 def level_for_task(level_name: str, task: int) -> str:
@@ -36,18 +47,6 @@ def level_for_task(level_name: str, task: int) -> str:
 def env_indices(cfg: config.ExperimentConfig) -> list[int]:
     """The environment indices actor task `cfg.task` hosts."""
     return [cfg.task * cfg.envs_per_actor + j for j in range(cfg.envs_per_actor)]
-
-
-def _dequeue_batches(unroll_queue: distributed.UnrollQueue, batch_size: int) -> Callable[[], Any]:
-    """A batch maker for `runtime.prefetch_loop`: dequeue_many B (None once the queue closed)."""
-
-    def next_batch():
-        try:
-            return unroll_queue.dequeue_batch(batch_size)
-        except distributed.QueueClosedError:
-            return None
-
-    return next_batch
 
 
 def _queue_size(unroll_queue: distributed.UnrollQueue, capacity: int) -> Callable[[], tuple]:
@@ -67,53 +66,44 @@ def train_learner(cfg: config.ExperimentConfig) -> dict[str, Any]:
       cfg: validated config with mode 'train', job_name 'learner', task 0.
 
     Returns:
-      As `train.train` (`runtime.finish_training`'s summary).
+      As `train.train` (`train.run_learner`'s summary).
     """
-    cfg.validate()
     if cfg.job_name != 'learner' or cfg.task != 0:
         raise ValueError(f'the learner job is task 0, got {cfg.job_name} task {cfg.task}')
     stop = threading.Event()
     # From here on SIGINT/SIGTERM stop training cleanly (set-up finishes first, then a save).
-    with runtime.StopOnSignals(stop):
+    with workers.StopOnSignals(stop):
         return _train_learner(cfg, stop)
 
 
 def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[str, Any]:
     cluster = cfg.cluster
-    runtime.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
-    runtime.prepare_logdir(cfg.logdir)
+    workers.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+    builder.prepare_logdir(cfg.logdir)
     # The server first: variables made before it would live on another device name.
     distributed.start_learner_server(cluster)
-    runtime.set_seeds(cfg.seed)
+    builder.set_seeds(cfg.seed)
     level_names = environments.expand_level_names(cfg.level_name, is_test=False)
-    suite = summaries.suite_of(cfg.level_name)
+    suite = suites.suite_of(cfg.level_name)
 
     # One environment, only for the observation spec and the action set.
     env = environments.create_environment(
         level_names[0], cfg.environment, seed=cfg.env_seed(0), is_test=False
     )
     try:
-        env_spec = runtime.EnvironmentSpec.of(env)
+        env_spec = builder.EnvironmentSpec.of(env)
     finally:
         env.close()
-    setup = runtime.set_up_training(cfg, [env_spec], level_names[:1], level_names)
+    setup = builder.set_up_training(cfg, [env_spec], level_names[:1], level_names)
     obs_spec = setup.observation_spec
 
     store = distributed.ParameterStore(setup.agent.variables, cluster.learner_address)
-    spec = distributed.unroll_spec(
-        obs_spec.frame_shape,
-        obs_spec.frame_dtype,
-        setup.agent_config.num_actions,
-        setup.initial_state,
-        cfg.learner.unroll_length,
-    )
+    spec = builder.unroll_spec(cfg, setup.agent_config, obs_spec, setup.initial_state)
     unroll_queue = distributed.UnrollQueue(spec, cluster.queue_capacity)
     # Published only once the queue exists: actors attach to the queue after they see the
     # parameters, so the learner's layout is always the one created.
     store.publish(int(setup.learner.num_learner_steps.numpy()))  # Continues on resume.
-    staged = runtime.StagedBatch()
-    workers = runtime.Workers(stop)
-    writer = summaries.TrainingSummaries(cfg.logdir, suite, level_names)
+    threads = workers.Workers(stop)
     logging.info(
         'Learner ready at %s: %d parameters published, queue capacity %d.',
         cluster.learner_address,
@@ -121,34 +111,58 @@ def _train_learner(cfg: config.ExperimentConfig, stop: threading.Event) -> dict[
         cluster.queue_capacity,
     )
     try:
-        workers.start(
-            'prefetch',
-            lambda: runtime.prefetch_loop(
-                _dequeue_batches(unroll_queue, cfg.learner.batch_size), staged, stop
-            ),
-        )
-        hooks = runtime.standard_hooks(
+        return train.run_learner(
             cfg,
-            setup.checkpointer,
-            writer,
+            setup,
+            builder.dequeued_batches(cfg, unroll_queue),
+            threads,
+            stop,
+            suite=suite,
+            levels=level_names,
             queue_size=_queue_size(unroll_queue, cluster.queue_capacity),
-            variables=setup.agent.variables,
-            publish=runtime.PublishParameters(store, cluster.publish_interval),
+            extra_hooks=[learner.PublishParameters(store, cluster.publish_interval)],
         )
-        steps = runtime.learner_loop(setup.learner, staged, hooks, stop)
-        workers.raise_first_error(setup.checkpointer, runtime.frames_of(setup.learner))
-        return runtime.finish_training(setup.learner, setup.checkpointer, steps, setup.resumed_from)
     finally:
         stop.set()
         # Ends the prefetch thread's dequeue and tells the actors that training is over.
         unroll_queue.close()
-        workers.join()
-        writer.close()
+        threads.join()
         logging.info(
             'Unroll queue closed; serving %.0fs more so that actors see it.',
             cluster.shutdown_grace_secs,
         )
         time.sleep(cluster.shutdown_grace_secs)
+
+
+def _build_actor(
+    cfg: config.ExperimentConfig, levels: list[str], seeds: list[int]
+) -> tuple[actor.Actor, distributed.ParameterStore, distributed.UnrollQueue]:
+    """The actor task's environments, agent and actor, once the learner has published.
+
+    Returns:
+      The actor (it holds, and closes, the environments), the parameter store its agent reads
+      and the learner's unroll queue.
+    """
+    cluster = cfg.cluster
+    (env_batch,) = builder.create_environment_batches(cfg, levels, seeds, [range(len(levels))])
+    try:
+        obs_spec = env_batch.observation_spec
+        agent_config, agent = builder.build_agent(cfg, [env_batch], levels[:1])
+        builder.create_agent_variables(agent, obs_spec)
+        store = distributed.ParameterStore(agent.variables, cluster.learner_address)
+        initial_state = builder.initial_core_state(agent)
+        spec = builder.unroll_spec(cfg, agent_config, obs_spec, initial_state)
+        store.wait_published(cluster.connect_timeout_secs)
+        unroll_queue = distributed.UnrollQueue(
+            spec, cluster.queue_capacity, cluster.learner_address
+        )
+        the_actor = builder.build_actor(
+            cfg, env_batch, policy.make_policy(agent), initial_state, agent_config.use_instruction
+        )
+    except BaseException:
+        workers.close_all([env_batch])
+        raise
+    return the_actor, store, unroll_queue
 
 
 def run_actor(
@@ -169,60 +183,32 @@ def run_actor(
     Raises:
       distributed.LearnerUnreachableError: no learner within `connect_timeout_secs`.
     """
-    cfg.validate()
     if cfg.job_name != 'actor' or cfg.task < 0:
         raise ValueError(f'an actor job needs job_name actor and task >= 0, got {cfg.task}')
-    cluster = cfg.cluster
     indices = env_indices(cfg)
     levels = [level_for_task(cfg.level_name, i) for i in indices]
-    runtime.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
-    distributed.connect_actor(cluster, cfg.task)
+    workers.configure_tf_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+    distributed.connect_actor(cfg.cluster, cfg.task)
     tf.random.set_seed(cfg.seed + cfg.task)
-    actors: list[Any] = []
-    batches: list[Any] = []
+    the_actor = None
     unrolls = 0
     try:
-        seeds = [cfg.env_seed(i) for i in indices]
-        batches = runtime.create_environment_batches(cfg, levels, seeds, [range(len(levels))])
-        obs_spec = batches[0].observation_spec
-        agent_config, agent = runtime.build_agent(cfg, batches, levels[:1])
-        runtime.create_agent_variables(agent, obs_spec)
-        store = distributed.ParameterStore(agent.variables, cluster.learner_address)
-        initial_state = runtime.initial_core_state(agent)
-        spec = distributed.unroll_spec(
-            obs_spec.frame_shape,
-            obs_spec.frame_dtype,
-            agent_config.num_actions,
-            initial_state,
-            cfg.learner.unroll_length,
+        the_actor, store, unroll_queue = _build_actor(
+            cfg, levels, [cfg.env_seed(i) for i in indices]
         )
-        store.wait_published(cluster.connect_timeout_secs)
-        unroll_queue = distributed.UnrollQueue(
-            spec, cluster.queue_capacity, cluster.learner_address
-        )
-        actors = [
-            runtime.build_batched_actor(
-                batches[0],
-                runtime.make_policy(agent),
-                initial_state,
-                cfg.learner.unroll_length,
-                agent_config.use_instruction,
-            )
-        ]
         logging.info('Actor %d playing %s.', cfg.task, ', '.join(levels))
         last_log = time.monotonic()
         while True:
-            for a in actors:
-                t0 = time.perf_counter()
-                version = store.read_into()
-                t1 = time.perf_counter()
-                new_unrolls = runtime.next_unrolls(a)
-                t2 = time.perf_counter()
-                for unroll in new_unrolls:
-                    unroll_queue.enqueue(unroll)
-                    unrolls += 1
-                if on_unroll is not None:
-                    on_unroll(t1 - t0, t2 - t1, time.perf_counter() - t2)
+            t0 = time.perf_counter()
+            version = store.read_into()
+            t1 = time.perf_counter()
+            new_unrolls = the_actor.unrolls()
+            t2 = time.perf_counter()
+            for unroll in new_unrolls:
+                unroll_queue.enqueue(unroll)
+                unrolls += 1
+            if on_unroll is not None:
+                on_unroll(t1 - t0, t2 - t1, time.perf_counter() - t2)
             if time.monotonic() - last_log >= cfg.log_interval_secs:
                 logging.info(
                     'Actor %d: %d unrolls sent, parameters of learner step %d.',
@@ -244,5 +230,5 @@ def run_actor(
         )
         return distributed.EXIT_LEARNER_LOST
     finally:
-        # Once built, the actors hold the current environments (a restart may replace one).
-        runtime.close_all(actors or batches)
+        # The actor holds the current environments (a restart may replace one).
+        workers.close_all([the_actor] if the_actor is not None else [])

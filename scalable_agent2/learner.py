@@ -1,4 +1,4 @@
-"""The IMPALA learner: one training step on a batch of unrolls, and its checkpointable state.
+"""The IMPALA learner: the training step, its checkpointable state, and the loop with its hooks.
 
 `Learner.step` is one `tf.function`. String work (instruction hashing) runs in the outer graph;
 everything numeric (agent unroll, V-trace, losses, gradients, the optimizer, frame counter) runs
@@ -8,14 +8,23 @@ The checkpointed state holds two counters that only applied updates advance:
 `num_environment_frames` (drives the learning-rate decay and the frame budget) and
 `num_learner_steps` (the learner-step count of the logs and the version of the parameters a
 distributed learner publishes), so both continue where they were on resume.
+
+`learner_loop` trains on batches from any source (a `workers.StagedBatch`, a callable, an
+iterable) until a hook or a stop event ends it; after every step it calls the hooks that
+`standard_hooks` orders (SaveOnError, DivergenceGuard, e.g. PublishParameters, Summaries,
+ProgressLog, PeriodicCheckpoint, FrameBudget); `finish_training` saves the final checkpoint.
 """
 
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
-from scalable_agent2 import checkpoints, losses, networks, optimizers, vtrace
+from scalable_agent2 import checkpoints, losses, networks, optimizers, summaries, vtrace
 from scalable_agent2 import config as config_lib
 from scalable_agent2.errors import RunAbortedError
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput
@@ -233,3 +242,339 @@ class Learner:
             'num_learner_steps': self.num_learner_steps.read_value(),
             'update_applied': applied,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# The learner loop and its hooks.
+
+
+def frames_of(the_learner: Any) -> int:
+    """The learner's frame counter."""
+    return int(the_learner.num_environment_frames.numpy())
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerStep:
+    """One learner step, as hooks see it.
+
+    Attributes:
+      step: learner steps taken in this loop (1 for the first).
+      total_steps: learner steps of the whole run, resumes included (the checkpointed count,
+        the version of published parameters).
+      frames: the frame counter after the step.
+      batch: the batch trained on.
+      metrics: the learner's metrics of the step (see `learner.Learner.step`).
+      now: `time.monotonic()` after the step.
+    """
+
+    step: int
+    total_steps: int
+    frames: int
+    batch: Any
+    metrics: dict[str, Any]
+    now: float
+
+
+class Hook:
+    """Per-step callbacks of `learner_loop`; subclasses override what they need."""
+
+    def begin(self, frames: int) -> None:
+        """Called once before the first batch, with the frame counter."""
+
+    def should_stop(self, frames: int) -> bool:
+        """Checked before each batch is taken: True ends the loop."""
+        return False
+
+    def after_step(self, step: LearnerStep) -> None:
+        """Called after each learner step, in the order the hooks were given."""
+
+    def on_error(self, error: BaseException, frames: int) -> None:
+        """Called once, in order, when a learner step or a hook raised `error` (which then
+        propagates), with the frame counter at that moment."""
+
+
+def learner_loop(
+    the_learner: Any,
+    batch_source: Any,
+    hooks: Sequence[Hook],
+    stop: threading.Event,
+) -> int:
+    """Trains on batches from `batch_source` until a hook or `stop` ends it.
+
+    Args:
+      the_learner: has `step(batch) -> metrics` and `num_environment_frames` (a variable).
+      batch_source: an object with `get(stop)` (e.g. `workers.StagedBatch`) or a callable
+        `source(stop)`, either returning a batch or None to end the loop (stop set, source
+        closed); or any iterable of batches (the loop ends when it is exhausted).
+      hooks: called in order after every step (`standard_hooks` gives training's).
+      stop: ends the loop when set (signals, a failed thread).
+
+    Returns:
+      The number of learner steps taken.
+    """
+    if hasattr(batch_source, 'get'):
+        fetch = batch_source.get
+    elif callable(batch_source):
+        fetch = batch_source
+    else:
+        batches = iter(batch_source)
+
+        def fetch(stop: threading.Event) -> Any:
+            del stop  # Checked by the loop.
+            return next(batches, None)
+
+    frames = frames_of(the_learner)
+    for hook in hooks:
+        hook.begin(frames)
+    steps = 0
+    try:
+        while not stop.is_set() and not any(hook.should_stop(frames) for hook in hooks):
+            batch = fetch(stop)
+            if batch is None:
+                break
+            metrics = the_learner.step(batch)
+            steps += 1
+            frames = frames_of(the_learner)
+            total_steps = int(metrics.get('num_learner_steps', steps))
+            info = LearnerStep(steps, total_steps, frames, batch, metrics, time.monotonic())
+            for hook in hooks:
+                hook.after_step(info)
+    except BaseException as e:
+        for hook in hooks:
+            hook.on_error(e, frames_of(the_learner))
+        raise
+    return steps
+
+
+class DivergenceGuard(Hook):
+    """A step whose loss or gradient norm was not finite (not applied): save, then raise.
+
+    Put it first: the parameters saved are the last good ones, and no other hook sees the step.
+    """
+
+    def __init__(self, ckpt: Any):
+        self._ckpt = ckpt
+
+    def after_step(self, step: LearnerStep) -> None:
+        metrics = step.metrics
+        if bool(metrics.get('update_applied', True)):
+            return
+        # The update was not applied: the frame counter is the last good step's.
+        self._ckpt.save(step.frames)
+        raise DivergenceError(
+            f'non-finite loss or gradient norm at learner step {step.total_steps} ({step.frames} '
+            f'frames; loss {float(metrics["total_loss"])}, gradient norm '
+            f'{float(metrics["grad_norm"])}); the last good parameters were saved. Usual '
+            'causes: a learning rate too high for the batch size, too small an RMSProp '
+            'epsilon, no --max_grad_norm, rewards or observations with NaN/Inf'
+        )
+
+
+class SaveOnError(Hook):
+    """A learner step or hook that fails saves a checkpoint first, unless the parameters are not
+    all finite (then nothing is saved: the newest checkpoint stays the last good one).
+
+    Diagnosed aborts (`RunAbortedError`, e.g. divergence) have saved already and are skipped.
+    """
+
+    def __init__(self, ckpt: Any, variables: Sequence[tf.Variable]):
+        self._ckpt = ckpt
+        self._variables = list(variables)
+
+    def _all_finite(self) -> bool:
+        return all(
+            bool(tf.reduce_all(tf.math.is_finite(v)))
+            for v in self._variables
+            if v.dtype.is_floating
+        )
+
+    def on_error(self, error: BaseException, frames: int) -> None:
+        if isinstance(error, RunAbortedError):
+            return
+        if not self._all_finite():
+            logging.error('The learner failed (%r) with non-finite parameters; not saved.', error)
+            return
+        try:
+            path = self._ckpt.save(frames)
+        except Exception as save_error:  # The original error is the one to report.
+            logging.error(
+                'The learner failed (%r); saving a checkpoint failed too: %r', error, save_error
+            )
+            return
+        logging.error('The learner failed (%r); saved %s first.', error, path)
+
+
+class PublishParameters(Hook):
+    """Publishes the parameters (`store.publish(step)`) after every `interval` steps."""
+
+    def __init__(self, store: Any, interval: int):
+        self._store = store
+        self._interval = interval
+
+    def after_step(self, step: LearnerStep) -> None:
+        if step.step % self._interval == 0:
+            self._store.publish(step.total_steps)
+
+
+class Summaries(Hook):
+    """TensorBoard: every episode that ended in a batch; the learner's metrics (with
+    `frames_per_second`) and the action histogram on the first step and then every
+    `every_secs`, with `environment_restarts` when `restarts()` counts them. The
+    `learning_rate` written is the rate the step used."""
+
+    def __init__(
+        self,
+        writer: summaries.TrainingSummaries,
+        num_action_repeats: int,
+        every_secs: float,
+        restarts: Callable[[], int] | None = None,
+    ):
+        self._writer = writer
+        self._restarts = restarts
+        self._num_action_repeats = num_action_repeats
+        self._every_secs = every_secs
+
+    def begin(self, frames: int) -> None:
+        self._rate = summaries.FrameRate(frames)
+        self._last = time.monotonic()
+
+    def after_step(self, step: LearnerStep) -> None:
+        self._writer.add_episodes(
+            summaries.episodes_from_batch(step.batch, self._num_action_repeats), step=step.frames
+        )
+        if step.now - self._last >= self._every_secs or step.step == 1:
+            scalars = dict(step.metrics)
+            scalars.pop('update_applied', None)
+            scalars['frames_per_second'] = self._rate.update(step.frames)
+            self._writer.add_scalars(scalars, step=step.frames)
+            self._writer.add_actions(step.batch.agent_outputs.action, step=step.frames)
+            if self._restarts is not None:
+                self._writer.add_environment_restarts(self._restarts(), step=step.frames)
+            self._last = step.now
+
+
+class ProgressLog(Hook):
+    """One log line every `every_secs`: frames, rate, learner steps, queue fill, mean returns."""
+
+    def __init__(
+        self,
+        total_frames: int,
+        every_secs: float,
+        queue_size: Callable[[], tuple[int, int]],
+        writer: summaries.TrainingSummaries | None = None,
+    ):
+        """Logs nothing yet.
+
+        Args:
+          total_frames: the frame budget, for the percentage.
+          every_secs: seconds between lines.
+          queue_size: `() -> (unrolls queued, capacity)`.
+          writer: where the recent mean returns come from (and is flushed), if any.
+        """
+        self._total = total_frames
+        self._every_secs = every_secs
+        self._queue_size = queue_size
+        self._writer = writer
+
+    def begin(self, frames: int) -> None:
+        self._rate = summaries.FrameRate(frames)
+        self._last = time.monotonic()
+
+    def after_step(self, step: LearnerStep) -> None:
+        if step.now - self._last < self._every_secs:
+            return
+        returns = self._writer.recent_mean_returns() if self._writer is not None else {}
+        shown = ', '.join(f'{k}: {v:.2f}' for k, v in list(returns.items())[:8])
+        more = f' (+{len(returns) - 8} levels)' if len(returns) > 8 else ''
+        size, capacity = self._queue_size()
+        logging.info(
+            'frames %d/%d (%.1f%%), %.0f frames/s, learner steps %d, queue %d/%d; mean return %s%s',
+            step.frames,
+            self._total,
+            100.0 * step.frames / self._total,
+            self._rate.update(step.frames),
+            step.total_steps,
+            size,
+            capacity,
+            shown or 'n/a',
+            more,
+        )
+        if self._writer is not None:
+            self._writer.flush()
+        self._last = step.now
+
+
+class PeriodicCheckpoint(Hook):
+    """Saves a checkpoint (numbered by the frame count) every `every_secs`."""
+
+    def __init__(self, ckpt: Any, every_secs: float):
+        self._ckpt = ckpt
+        self._every_secs = every_secs
+
+    def begin(self, frames: int) -> None:
+        self._last = time.monotonic()
+
+    def after_step(self, step: LearnerStep) -> None:
+        if step.now - self._last >= self._every_secs:
+            self._ckpt.save(step.frames)
+            self._last = step.now
+
+
+class FrameBudget(Hook):
+    """Ends the loop once the frame counter reaches `total_frames` (before any step if a
+    restored run is already there)."""
+
+    def __init__(self, total_frames: int):
+        self._total = total_frames
+
+    def should_stop(self, frames: int) -> bool:
+        return frames >= self._total
+
+
+def standard_hooks(
+    cfg: config_lib.ExperimentConfig,
+    ckpt: Any,
+    writer: summaries.TrainingSummaries,
+    queue_size: Callable[[], tuple[int, int]],
+    variables: Sequence[tf.Variable],
+    extra_hooks: Sequence[Hook] = (),
+    restarts: Callable[[], int] | None = None,
+) -> list[Hook]:
+    """Training's hooks, in order: save on error (checking `variables`, the agent's, are
+    finite), divergence guard, `extra_hooks` (e.g. `PublishParameters`), summaries (with the
+    environment restarts `restarts()` counts, if given), progress log, periodic checkpoints,
+    frame budget."""
+    hooks: list[Hook] = [SaveOnError(ckpt, variables), DivergenceGuard(ckpt), *extra_hooks]
+    total = cfg.learner.total_environment_frames
+    hooks += [
+        Summaries(writer, cfg.learner.num_action_repeats, cfg.save_summaries_secs, restarts),
+        ProgressLog(total, cfg.log_interval_secs, queue_size, writer),
+        PeriodicCheckpoint(ckpt, cfg.save_checkpoint_secs),
+        FrameBudget(total),
+    ]
+    return hooks
+
+
+def finish_training(
+    the_learner: Any, ckpt: Any, steps: int, resumed_from: int | None
+) -> dict[str, Any]:
+    """Saves the final checkpoint, logs where training stopped and returns the run's summary:
+    {'num_environment_frames', 'learner_steps' (the whole run's, resumes included, as the
+    progress log counts them), 'learner_steps_this_run' (`steps`), 'resumed_from',
+    'checkpoint'}."""
+    frames = frames_of(the_learner)
+    total_steps = int(the_learner.num_learner_steps.numpy())
+    path = ckpt.save(frames)
+    logging.info(
+        'Training stopped at %d environment frames (%d learner steps%s).',
+        frames,
+        total_steps,
+        f', {steps} since the resume' if resumed_from is not None else '',
+    )
+    return {
+        'num_environment_frames': frames,
+        'learner_steps': total_steps,
+        'learner_steps_this_run': steps,
+        'resumed_from': resumed_from,
+        'checkpoint': path,
+    }

@@ -148,17 +148,17 @@ def agent_chooser(
 
     Args:
       policy: `(last_action int32 [1], env_output [1, ...], core_state) -> (AgentOutput [1, ...],
-        core_state)`, e.g. `runtime.make_batched_policy(agent, ...)` as test mode uses it.
+        core_state)`, e.g. `policy.make_batched_policy(agent, ...)` as test mode uses it.
       initial_state: the agent's initial core state with batch size 1.
       use_instruction: whether the agent reads the instruction (test mode's `policy_inputs`).
 
     Returns:
       A function from each unbatched `StepOutput` to the sampled action; it carries the core
-      state and the last action from call to call, as test mode does (`runtime.PolicyStepper`).
+      state and the last action from call to call, as test mode does (`policy.PolicyStepper`).
     """
-    from scalable_agent2 import runtime  # TensorFlow, only when an agent plays.
+    from scalable_agent2 import policy as policy_lib  # TensorFlow, only when an agent plays.
 
-    return runtime.PolicyStepper(policy, initial_state, use_instruction).step
+    return policy_lib.PolicyStepper(policy, initial_state, use_instruction).step
 
 
 def record_episode(

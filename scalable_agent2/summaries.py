@@ -1,5 +1,7 @@
 """Training summaries: episodes from learner batches, TensorBoard scalars, suite scores, progress.
 
+The suites' scores themselves are computed by `scoring.suites`.
+
 Episode statistics are read from the batches the learner trains on, as in the original: every
 `done` in `env_outputs[1:]` ends an episode whose return and length are in `info`.
 """
@@ -14,10 +16,9 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from scalable_agent2.scoring import atari57, dmlab30
+from scalable_agent2.scoring import suites
 from scalable_agent2.types import game_over_or_done
 
-_DMLAB30_PREFIX = 'contributed/dmlab30/'
 # What TensorBoard's scalar plugin writes (version-0 plugin data serialises to b''); using
 # `tf.summary.write` directly keeps the `tensorboard` package optional.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -78,44 +79,6 @@ def episodes_from_batch(batch: Any, num_action_repeats: int) -> list[Episode]:
     return episodes
 
 
-def suite_of(level_name: str) -> str | None:
-    """'dmlab30', 'atari57' or None: the suite whose score a training run reports."""
-    if level_name == 'dmlab30':
-        return 'dmlab30'
-    if level_name == 'atari57':
-        return 'atari57'
-    return None
-
-
-def _scoring_name(level_name: str) -> str:
-    if level_name.startswith(_DMLAB30_PREFIX):
-        return level_name[len(_DMLAB30_PREFIX) :]
-    return level_name
-
-
-def suite_scores(suite: str, level_returns: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """Human-normalised suite scores from per-level episode returns.
-
-    Args:
-      suite: 'dmlab30' or 'atari57'.
-      level_returns: level name -> episode returns (every level of the suite present).
-
-    Returns:
-      For 'dmlab30': `no_cap` and `cap_100` (mean HNS); for 'atari57': `mean` and `median`.
-    """
-    returns = {_scoring_name(k): list(v) for k, v in level_returns.items()}
-    if suite == 'dmlab30':
-        return {
-            'no_cap': dmlab30.compute_human_normalized_score(returns, per_level_cap=None),
-            'cap_100': dmlab30.compute_human_normalized_score(returns, per_level_cap=100),
-        }
-    elif suite == 'atari57':
-        mean, median = atari57.compute_mean_and_median_human_normalized_score(returns)
-        return {'mean': mean, 'median': median}
-    else:
-        raise ValueError(f'no suite score for {suite!r}; expected dmlab30 or atari57')
-
-
 class TrainingSummaries:
     """Writes episode and learner scalars to TensorBoard, and suite scores when complete.
 
@@ -150,7 +113,9 @@ class TrainingSummaries:
                 self._recent[e.level_name].append(e.episode_return)
                 self._pending[e.level_name].append(e.episode_return)
             if self._suite is not None and all(self._pending[k] for k in self._level_names):
-                scores = suite_scores(self._suite, {k: self._pending[k] for k in self._level_names})
+                scores = suites.suite_scores(
+                    self._suite, {k: self._pending[k] for k in self._level_names}
+                )
                 for name, value in scores.items():
                     write_scalar(f'{self._suite}/training_{name}', value)
                 logging.info('%s training scores: %s', self._suite, scores)

@@ -1,301 +1,371 @@
-"""Tests for the actor's unroll loop: T+1 entries, persistence between unrolls, stacking."""
+"""actor.Actor: its unrolls equal, environment by environment, those of the one-environment
+reference actor (tests/reference_actor.py); restarts; `actor_loop`."""
 
+import os
+import queue
+import signal
 import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import actor, config, learner, networks, train
-from scalable_agent2.environments.base import ObservationSpec
-from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
+from scalable_agent2 import actor, builder, config, environments, networks, policy
+from scalable_agent2.environments import batched
+from scalable_agent2.types import AgentOutput
+from tests.fakes import NUM_ACTIONS, CountingEnv
+from tests.reference_actor import ReferenceActor
 
-NUM_ACTIONS = 3
-
-
-class CountingEnv:
-    """Episodes of `episode_length` steps; the frame is [step counter, last action]."""
-
-    def __init__(self, episode_length=4):
-        self.episode_length = episode_length
-        self.actions = []  # Every action received, in order.
-        self._t = 0
-        self._step = 0
-        self._return = 0.0
-        self.num_actions = NUM_ACTIONS
-        self.observation_spec = ObservationSpec((2,), 'float32', False)
-
-    def _obs(self, action):
-        return (np.array([self._t, action], np.float32), f'instr {self._t}')
-
-    def initial(self):
-        return StepOutput(
-            np.float32(0), StepOutputInfo(np.float32(0), np.int32(0)), True, self._obs(-1)
-        )
-
-    def step(self, action):
-        self.actions.append(action)
-        self._t += 1
-        self._step += 1
-        reward = float(action) + 0.5
-        self._return += reward
-        info = StepOutputInfo(np.float32(self._return), np.int32(self._step))
-        done = self._step == self.episode_length
-        if done:
-            self._step, self._return = 0, 0.0
-        return StepOutput(np.float32(reward), info, done, self._obs(action))
-
-    def close(self):
-        pass
+pytestmark = pytest.mark.timeout(600)
 
 
-class RecordingPolicy:
-    """Deterministic numpy policy; the state counts calls. Records its inputs."""
+class RowPolicy:
+    """Deterministic numpy policy, row by row: action from the frame, last action and state.
 
-    def __init__(self):
-        self.calls = []
+    Like the agent, it resets a row's state where `done` (before using it); the state counts
+    steps since the row's episode began. Records its batch sizes.
+    """
+
+    def __init__(self, num_actions=NUM_ACTIONS, feature=lambda frame: frame[:, 0]):
+        self.num_actions = num_actions
+        self.feature = feature
+        self.rows = []
 
     def __call__(self, last_action, env_output, state):
-        assert last_action.shape == (1,) and last_action.dtype == np.int32
-        assert env_output.observation[0].shape == (1, 2)
-        assert env_output.observation[1].shape == (1,)
-        self.calls.append(
-            (int(last_action[0]), float(env_output.observation[0][0, 0]), state.copy())
-        )
-        t = env_output.observation[0][0, 0]
-        action = np.array([int(t * 7 + state[0, 0]) % NUM_ACTIONS], np.int32)
-        logits = np.full([1, NUM_ACTIONS], t, np.float32)
-        return AgentOutput(action, logits, np.array([t / 2], np.float32)), state + 1
+        assert last_action.dtype == np.int32 and env_output.info == ()
+        self.rows.append(last_action.shape[0])
+        frame = np.asarray(env_output.observation[0], np.float64)
+        state = np.where(np.asarray(env_output.done)[:, None], 0.0, np.asarray(state)) + 1.0
+        x = self.feature(frame.reshape(frame.shape[0], -1)) * 7 + state[:, 0] + 3 * last_action
+        action = (np.floor(np.abs(x)).astype(np.int64) % self.num_actions).astype(np.int32)
+        logits = np.stack([x + k for k in range(self.num_actions)], axis=1).astype(np.float32)
+        return AgentOutput(action, logits, (x / 2).astype(np.float32)), state.astype(np.float32)
 
 
-def test_unroll_has_t_plus_one_entries_and_persists_between_unrolls():
-    env, policy, T = CountingEnv(), RecordingPolicy(), 5
-    a = actor.Actor(env, 'level', policy, np.zeros([1, 2], np.float32), T)
-    u1, u2, u3 = a.unroll(), a.unroll(), a.unroll()
-    for u in (u1, u2, u3):
-        assert u.level_name == 'level'
-        assert u.env_outputs.reward.shape == (T + 1,)
-        assert u.env_outputs.observation[0].shape == (T + 1, 2)
-        assert u.agent_outputs.policy_logits.shape == (T + 1, NUM_ACTIONS)
-        assert u.agent_outputs.action.dtype == np.int32
-    # First unroll starts from env.initial() and an all-zero agent output.
-    assert u1.env_outputs.done[0] and u1.env_outputs.observation[0][0, 0] == 0
-    assert u1.agent_outputs.action[0] == 0 and np.all(u1.agent_outputs.policy_logits[0] == 0)
-    # Each unroll starts with the previous unroll's last entry.
-    for prev, nxt in ((u1, u2), (u2, u3)):
-        for x, y in zip(tf.nest.flatten(prev.env_outputs), tf.nest.flatten(nxt.env_outputs)):
-            assert np.array_equal(np.asarray(x[-1]), np.asarray(y[0]))
-        for x, y in zip(tf.nest.flatten(prev.agent_outputs), tf.nest.flatten(nxt.agent_outputs)):
-            assert np.array_equal(x[-1], y[0])
-    # The frame counter runs on without gaps or repeats: 0..T, T..2T, 2T..3T.
-    frames = [u.env_outputs.observation[0][:, 0] for u in (u1, u2, u3)]
-    for k, f in enumerate(frames):
-        np.testing.assert_array_equal(f, np.arange(k * T, (k + 1) * T + 1))
-    # Agent state at an unroll's start = state after the previous unroll's last step.
-    # The probe call (zero agent output) does not advance the state.
-    np.testing.assert_array_equal(u1.agent_state, [[0, 0]])
-    np.testing.assert_array_equal(u2.agent_state, [[T, T]])
-    np.testing.assert_array_equal(u3.agent_state, [[2 * T, 2 * T]])
+def _assert_unrolls_equal(got, want, where):
+    assert got.level_name == want.level_name, where
+    tf.nest.assert_same_structure(got, want)
+    for g, w in zip(tf.nest.flatten(got), tf.nest.flatten(want), strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape and g.dtype == w.dtype, (where, g.shape, w.shape, g.dtype)
+        np.testing.assert_array_equal(g, w, err_msg=where)
 
 
-def test_alignment_of_actions_and_env_outputs():
-    env, policy, T = CountingEnv(episode_length=3), RecordingPolicy(), 4
-    a = actor.Actor(env, 'level', policy, np.zeros([1, 1], np.float32), T)
-    unrolls = [a.unroll() for _ in range(3)]
-    actions = np.concatenate([u.agent_outputs.action[1:] for u in unrolls])
-    # agent_outputs.action[t] is the action that produced env_outputs[t].
-    np.testing.assert_array_equal(actions, env.actions)
-    for u in unrolls:
-        np.testing.assert_array_equal(
-            u.env_outputs.observation[0][1:, 1], u.agent_outputs.action[1:]
-        )
-        # agent_outputs[t] was computed from env_outputs[t-1] (logits = its frame counter).
-        np.testing.assert_array_equal(
-            u.agent_outputs.policy_logits[1:, 0], u.env_outputs.observation[0][:-1, 0]
-        )
-    # The policy's last-action input is the previous step's action (0 at the very start).
-    calls = policy.calls[1:]  # Skip the probe call.
-    np.testing.assert_array_equal([c[0] for c in calls], np.concatenate([[0], env.actions[:-1]]))
-    # Episode bookkeeping passes through: done every 3 steps, return of the ended episode.
-    done = np.concatenate([u.env_outputs.done[1:] for u in unrolls])
-    np.testing.assert_array_equal(np.nonzero(done)[0], [2, 5, 8, 11])
-    returns = np.concatenate([u.env_outputs.info.episode_return[1:] for u in unrolls])
-    expected = [sum(np.asarray(env.actions[i - 2 : i + 1]) + 0.5) for i in (2, 5, 8, 11)]
-    np.testing.assert_allclose(returns[done], expected)
+def _compare(make_batch, make_single, level_names, policy_factory, T, num_unrolls, state_size=1):
+    """Runs an Actor and one ReferenceActor per environment; their unrolls must be equal."""
+    state = np.zeros([1, state_size], np.float32)
+    batch_policy = policy_factory()
+    batched_actor = actor.Actor(make_batch(), batch_policy, state, T)
+    singles = [
+        ReferenceActor(make_single(i), level, policy_factory(), state, T)
+        for i, level in enumerate(level_names)
+    ]
+    try:
+        assert batched_actor.level_names == level_names
+        all_unrolls = []
+        for k in range(num_unrolls):
+            unrolls = batched_actor.unrolls()
+            assert len(unrolls) == len(level_names)
+            for i, single in enumerate(singles):
+                (want,) = single.unrolls()
+                _assert_unrolls_equal(unrolls[i], want, f'unroll {k}, env {i}')
+            all_unrolls.append(unrolls)
+        # One policy call of E rows per step (plus the probe).
+        assert set(batch_policy.rows) == {len(level_names)}
+        assert len(batch_policy.rows) == 1 + T * num_unrolls
+        return all_unrolls
+    finally:
+        batched_actor.close()
+        for single in singles:
+            single.close()
 
 
-def test_stack_unrolls_is_time_major():
-    T, B = 3, 4
-    unrolls = []
-    for b in range(B):
-        a = actor.Actor(
-            CountingEnv(), f'level_{b}', RecordingPolicy(), np.full([1, 2], b, np.float32), T
-        )
-        unrolls.append(a.unroll())
-    batch = actor.stack_unrolls(unrolls)
-    assert list(batch.level_name) == [f'level_{b}' for b in range(B)]
-    assert batch.agent_state.shape == (B, 2)
-    np.testing.assert_array_equal(batch.agent_state[:, 0], np.arange(B))
-    assert batch.env_outputs.observation[0].shape == (T + 1, B, 2)
-    assert batch.env_outputs.observation[1].shape == (T + 1, B)
-    assert batch.agent_outputs.policy_logits.shape == (T + 1, B, NUM_ACTIONS)
-    for b in range(B):
-        np.testing.assert_array_equal(
-            batch.agent_outputs.action[:, b], unrolls[b].agent_outputs.action
-        )
-        np.testing.assert_array_equal(batch.env_outputs.done[:, b], unrolls[b].env_outputs.done)
-    # Strings convert to a tf.string tensor (what the learner receives).
-    assert tf.convert_to_tensor(batch.env_outputs.observation[1]).dtype == tf.string
-    assert tf.convert_to_tensor(batch.level_name).dtype == tf.string
-    with pytest.raises(ValueError, match='at least one'):
-        actor.stack_unrolls([])
+def test_fake_environments_with_their_own_episode_lengths():
+    lengths = [2, 3, 5, 4]
+    names = [f'fake_{n}' for n in lengths]
+    all_unrolls = _compare(
+        lambda: batched.InProcessBatch([CountingEnv(n) for n in lengths], names),
+        lambda i: CountingEnv(lengths[i]),
+        names,
+        RowPolicy,
+        T=6,
+        num_unrolls=3,
+    )
+    # Each row's state restarted at its own episode ends: state counts steps in the episode.
+    for i, n in enumerate(lengths):
+        done = np.concatenate([u[i].env_outputs.done[1:] for u in all_unrolls])
+        assert np.array_equal(np.nonzero(done)[0] + 1, np.arange(n, 18 + 1, n)[: done.sum()])
+        assert done.sum() == 18 // n
+    # Instructions pass through per environment.
+    assert list(all_unrolls[0][0].env_outputs.observation[1][:2]) == ['instr 0', 'instr 1']
 
 
-def test_actors_in_threads_with_the_real_agent_and_dynamic_batching():
-    """Several actor threads share one batched agent; their unrolls feed a learner-shaped batch."""
+def test_cartpole_subprocess_batch():
+    cfg = config.EnvironmentConfig(num_action_repeats=1)
+    seeds = [7, 8, 9]
+    names = ['gym/CartPole-v1'] * 3
+    all_unrolls = _compare(
+        lambda: environments.create_environment_batch(names, cfg, seeds, False),
+        lambda i: environments.create_environment(names[i], cfg, seeds[i], False),
+        names,
+        lambda: RowPolicy(2, feature=lambda f: f[:, 2] * 10),
+        T=10,
+        num_unrolls=3,
+    )
+    assert any(u[i].env_outputs.done[1:].any() for u in all_unrolls for i in range(3))
+
+
+def test_atari_pong_batch_a_few_steps():
+    cfg = config.EnvironmentConfig()
+    seeds = [1, 2]
+    names = ['atari/Pong'] * 2
+    _compare(
+        lambda: environments.create_environment_batch(names, cfg, seeds, False),
+        lambda i: environments.create_environment(names[i], cfg, seeds[i], False),
+        names,
+        lambda: RowPolicy(6, feature=lambda f: f.mean(axis=1)),
+        T=5,
+        num_unrolls=2,
+    )
+
+
+def _agent(core_size=8):
     tf.random.set_seed(0)
     agent = networks.ImpalaAgent(
-        config.AgentConfig(num_actions=NUM_ACTIONS, torso='mlp', core_size=8, use_instruction=True)
+        config.AgentConfig(
+            num_actions=NUM_ACTIONS, torso='mlp', core_size=core_size, use_instruction=True
+        )
     )
-    train.create_agent_variables(agent, CountingEnv().observation_spec)
-    policy = train.make_batched_policy(agent, timeout_ms=5)
+    builder.create_agent_variables(agent, CountingEnv().observation_spec)
+    return agent
+
+
+def _replay(step, unroll):
+    """The agent's logits over an unroll, recomputed one row at a time from its start state."""
+    state = tf.nest.map_structure(tf.convert_to_tensor, unroll.agent_state)
+    logits = []
+    for t in range(1, unroll.env_outputs.done.shape[0]):
+        env_output = policy.batch_env_output(
+            tf.nest.map_structure(lambda x, t=t: x[t - 1], unroll.env_outputs)
+        )
+        out, state = step(unroll.agent_outputs.action[t - 1 : t], env_output, state)
+        logits.append(out.policy_logits[0].numpy())
+    return np.stack(logits)
+
+
+def test_real_agent_resets_each_rows_core_state_and_learner_shapes_are_unchanged():
+    """Actors and a ReferenceActor share one dynamically batched agent, from threads."""
+    agent = _agent()
+    batched_policy = policy.make_batched_policy(agent, timeout_ms=5)
     initial = tf.nest.map_structure(np.asarray, agent.initial_state(1))
-    T, n = 6, 4
-    actors = [actor.Actor(CountingEnv(), f'l{i}', policy, initial, T) for i in range(n)]
-    results = [None] * n
+    T = 6
+    lengths = [[2, 3, 5], [4, 7]]
+    actors = [
+        actor.Actor(
+            batched.InProcessBatch([CountingEnv(n) for n in ls], [f'l{n}' for n in ls]),
+            batched_policy,
+            initial,
+            T,
+        )
+        for ls in lengths
+    ] + [ReferenceActor(CountingEnv(3), 'single', batched_policy, initial, T)]
+    results = [None] * len(actors)
 
-    def run(i):
-        results[i] = [actors[i].unroll() for _ in range(2)]
+    def run(k):
+        results[k] = [actors[k].unrolls() for _ in range(2)]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(actors))]
     try:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=120)
+            t.join(timeout=300)
             assert not t.is_alive()
     finally:
-        policy.close()
-    batch = actor.stack_unrolls([r[1] for r in results])
-    assert batch.agent_outputs.policy_logits.shape == (T + 1, n, NUM_ACTIONS)
-    assert batch.agent_state.hidden.shape == (n, 8)
-    # The recorded behaviour logits are what the agent computes on the same inputs and state.
-    u = results[0][0]
-    state = tf.nest.map_structure(tf.convert_to_tensor, u.agent_state)
-    for t in range(1, T + 1):
-        env_output = actor.batch_env_output(
-            tf.nest.map_structure(lambda x, t=t: x[t - 1], u.env_outputs)
-        )
-        out, state = agent((u.agent_outputs.action[t - 1 : t], env_output), state)
+        batched_policy.close()
+    unrolls = [u for r in results for u in r[1]]
+    assert [u.level_name for u in unrolls] == ['l2', 'l3', 'l5', 'l4', 'l7', 'single']
+    step = tf.function(lambda a, e, s: agent((a, e), s))
+    for u in [u for r in results for k in range(2) for u in r[k]]:
+        # Replaying each unroll alone, from its own start state, gives the recorded logits:
+        # the batched agent reset exactly this row's state at its own episode ends.
         np.testing.assert_allclose(
-            out.policy_logits[0], u.agent_outputs.policy_logits[t], rtol=1e-5, atol=1e-5
+            _replay(step, u), u.agent_outputs.policy_logits[1:], rtol=1e-5, atol=1e-5
         )
-    # The stacked batch (with instruction strings) is what the learner trains on.
-    lc = config.LearnerConfig(batch_size=n, unroll_length=T, num_action_repeats=1, use_xla=False)
-    the_learner = learner.Learner(agent, lc)
-    metrics = the_learner.step(batch)
-    assert np.isfinite(metrics['total_loss'].numpy())
-    assert the_learner.num_environment_frames.numpy() == n * T
+    # Where an episode ended, the next step ran from a zero state.
+    u = results[0][1][0]  # Episode length 2.
+    assert u.env_outputs.done[:-1].any()
+    # Learner input shapes are the same as from single-env actors.
+    batch = actor.stack_unrolls(unrolls)
+    single_batch = actor.stack_unrolls([results[2][1][0]] * len(unrolls))
+    tf.nest.assert_same_structure(batch, single_batch)
+    for b, s in zip(tf.nest.flatten(batch), tf.nest.flatten(single_batch), strict=True):
+        assert b.shape == s.shape and b.dtype == s.dtype
+    assert batch.agent_outputs.policy_logits.shape == (T + 1, 6, NUM_ACTIONS)
+    assert batch.agent_state.hidden.shape == (6, 8)
+    # (reference_actor_test trains a learner on such a stacked batch.)
 
 
-def test_policy_gets_only_what_the_agent_reads():
-    seen = []
-
-    def policy(last_action, env_output, state):
-        seen.append(env_output)
-        return AgentOutput(
-            np.zeros([1], np.int32), np.zeros([1, NUM_ACTIONS]), np.zeros([1])
-        ), state
-
-    for use_instruction in (False, True):
-        seen.clear()
-        a = actor.Actor(
-            CountingEnv(), 'l', policy, np.zeros([1]), 2, use_instruction=use_instruction
-        )
-        u = a.unroll()
-        assert all(e.info == () for e in seen)
-        if use_instruction:
-            assert [e.observation[1][0] for e in seen[1:]] == ['instr 0', 'instr 1']
-        else:
-            assert all(e.observation[1] == () for e in seen)
-        # The unroll keeps everything.
-        assert list(u.env_outputs.observation[1]) == ['instr 0', 'instr 1', 'instr 2']
-        np.testing.assert_array_equal(u.env_outputs.info.episode_step, [0, 1, 2])
-
-
-def _cartpole_policy(last_action, env_output, state):
-    del last_action
-    action = np.array([int(env_output.observation[0][0, 2] > 0)], np.int32)
-    return AgentOutput(action, np.zeros([1, 2], np.float32), np.zeros([1], np.float32)), state + 1
-
-
-def _cartpole(seed):
-    from scalable_agent2 import environments
-
-    return environments.create_environment(
-        'gym/CartPole-v1', config.EnvironmentConfig(num_action_repeats=1), seed, False
+def _cartpole_batch(seeds):
+    cfg = config.EnvironmentConfig(num_action_repeats=1)
+    return environments.create_environment_batch(
+        ['gym/CartPole-v1'] * len(seeds), cfg, seeds, False
     )
 
 
-def test_a_killed_environment_is_recreated_and_the_unroll_restarts():
-    import os
-    import signal
+def _counting_policy(last_action, env_output, state):
+    """Never resets: the state counts every policy call of the row."""
+    del last_action
+    n = env_output.done.shape[0]
+    return AgentOutput(
+        np.zeros([n], np.int32), np.zeros([n, 2], np.float32), np.zeros([n], np.float32)
+    ), state + 1
 
-    seeds = []
 
-    def recreate(n):
-        seeds.append(n)
-        return _cartpole(100 + n)
+def test_a_killed_environment_in_a_batch_is_recreated_and_the_unroll_restarts():
+    recreated = []
 
-    first = _cartpole(1)
+    def recreate(i, n):
+        recreated.append((i, n))
+        return None  # The batch's own factory.
+
+    T = 5
     a = actor.Actor(
-        first, 'gym/CartPole-v1', _cartpole_policy, np.zeros([1, 1]), 5, False, recreate
+        _cartpole_batch([1, 2, 3]), _counting_policy, np.zeros([1, 1]), T, False, recreate
     )
     try:
-        a.unroll()
-        os.kill(first.pid, signal.SIGKILL)
-        out = a.unroll()
-        assert a.restarts == 1 and seeds == [1]
-        # A whole unroll of the new environment: it starts a fresh episode, zero core state.
-        assert out.env_outputs.done.shape == (6,) and bool(out.env_outputs.done[0])
-        assert out.agent_outputs.action[0] == 0
-        np.testing.assert_array_equal(out.agent_state, np.zeros([1, 1]))
-        assert a.unroll().env_outputs.done.shape == (6,)  # It goes on.
+        first = a.unrolls()
+        dead_pid = a.env_batch.pids[1]
+        os.kill(dead_pid, signal.SIGKILL)
+        second = a.unrolls()
+        assert a.restarts == 1 and recreated == [(1, 1)]
+        assert a.env_batch.pids[1] != dead_pid
+        assert len(second) == 3 and all(u.env_outputs.done.shape == (T + 1,) for u in second)
+        # The recreated environment: a fresh episode, zero core state and last action.
+        assert bool(second[1].env_outputs.done[0]) and second[1].agent_outputs.action[0] == 0
+        np.testing.assert_array_equal(second[1].agent_state, [[0]])
+        # The others went on: their unroll starts after the step during which the death
+        # happened (T + 1 policy steps), so nothing they did is missing from their episodes.
+        for i in (0, 2):
+            np.testing.assert_array_equal(second[i].agent_state, [[T + 1]])
+            assert second[i].env_outputs.info.episode_step[0] == (
+                first[i].env_outputs.info.episode_step[-1] + 1
+            ) or bool(second[i].env_outputs.done[0])
+        assert len(a.unrolls()) == 3  # It goes on.
     finally:
         a.close()
-        first.close()
 
 
-def test_an_environment_that_keeps_dying_stops_the_actor():
-    import os
-    import signal
-
-    def dying(n):
-        env = _cartpole(n)
+def test_a_batch_whose_environment_keeps_dying_stops_the_actor():
+    def recreate(i, n):
+        env = environments.create_environment(
+            'gym/CartPole-v1', config.EnvironmentConfig(num_action_repeats=1), n, False
+        )
         os.kill(env.pid, signal.SIGKILL)
         return env
 
-    first = _cartpole(1)
-    a = actor.Actor(first, 'lvl', _cartpole_policy, np.zeros([1, 1]), 5, False, dying, 2)
+    a = actor.Actor(
+        _cartpole_batch([1, 2]), _counting_policy, np.zeros([1, 1]), 5, False, recreate, 2
+    )
     try:
-        os.kill(first.pid, signal.SIGKILL)
-        with pytest.raises(actor.EnvironmentCrashLoopError, match='lvl died 3 times'):
-            a.unroll()
+        os.kill(a.env_batch.pids[0], signal.SIGKILL)
+        with pytest.raises(
+            actor.EnvironmentCrashLoopError, match=r'environment 0 \(gym/CartPole-v1\) .*3 times'
+        ):
+            a.unrolls()
     finally:
         a.close()
 
 
-def test_without_recreate_a_dead_environment_is_an_error():
-    import os
-    import signal
+def test_deaths_spread_over_a_batch_count_per_environment():
+    def recreate(i, n):
+        return environments.create_environment(
+            'gym/CartPole-v1', config.EnvironmentConfig(num_action_repeats=1), 10 * i + n, False
+        )
 
+    a = actor.Actor(
+        _cartpole_batch([1, 2, 3]), _counting_policy, np.zeros([1, 1]), 5, False, recreate, 1
+    )
+    try:
+        # Three deaths, one per environment: each row is within its limit of one restart.
+        for i in range(3):
+            os.kill(a.env_batch.pids[i], signal.SIGKILL)
+            a.unrolls()
+        assert a.restarts == 3
+        os.kill(a.env_batch.pids[1], signal.SIGKILL)  # A second death of row 1 is one too many.
+        with pytest.raises(actor.EnvironmentCrashLoopError, match='environment 1 .*died 2 times'):
+            a.unrolls()
+    finally:
+        a.close()
+
+
+def test_without_recreate_a_dead_environment_in_a_batch_is_an_error():
     from scalable_agent2.py_process import PyProcessDiedError
 
-    env = _cartpole(1)
-    a = actor.Actor(env, 'lvl', _cartpole_policy, np.zeros([1, 1]), 5, False)
+    a = actor.Actor(_cartpole_batch([1, 2]), _counting_policy, np.zeros([1, 1]), 5, False)
     try:
-        os.kill(env.pid, signal.SIGKILL)
-        with pytest.raises(PyProcessDiedError):
-            a.unroll()
+        os.kill(a.env_batch.pids[1], signal.SIGKILL)
+        with pytest.raises(PyProcessDiedError) as info:
+            a.unrolls()
+        assert isinstance(info.value, batched.EnvironmentsDiedError)
+        assert info.value.indices == [1]
     finally:
         a.close()
+
+
+def test_actor_and_batched_actor_share_the_driving_interface():
+    single = ReferenceActor(CountingEnv(), 'l', RowPolicy(), np.zeros([1, 1], np.float32), 3)
+    many = actor.Actor(
+        batched.InProcessBatch([CountingEnv(), CountingEnv()], ['a', 'b']),
+        RowPolicy(),
+        np.zeros([1, 1], np.float32),
+        3,
+    )
+    for a, names in ((single, ['l']), (many, ['a', 'b'])):
+        assert a.level_names == names and a.num_envs == len(names) and a.restarts == 0
+        unrolls = a.unrolls()
+        assert [u.level_name for u in unrolls] == names
+        a.close()
+    with pytest.raises(ValueError, match=r'one environment: every array \[1, ...\]'):
+        actor.Actor(
+            batched.InProcessBatch([CountingEnv()], ['a']), RowPolicy(), np.zeros([2, 1]), 3
+        )
+
+
+def test_actor_loop_drives_its_actors_in_turn():
+    class Batched:
+        restarts = 0
+
+        def __init__(self):
+            self.n = 0
+
+        def unrolls(self):
+            self.n += 1
+            return [('batched', self.n, e) for e in range(2)]
+
+    class Single:
+        def __init__(self):
+            self.n = 0
+
+        def unrolls(self):
+            self.n += 1
+            return [('single', self.n)]
+
+    unrolls: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=actor.actor_loop, args=([Batched(), Single()], unrolls, stop), daemon=True
+    )
+    thread.start()
+    got = [unrolls.get(timeout=5) for _ in range(6)]
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert got == [
+        ('batched', 1, 0),
+        ('batched', 1, 1),
+        ('single', 1),
+        ('batched', 2, 0),
+        ('batched', 2, 1),
+        ('single', 2),
+    ]

@@ -66,7 +66,7 @@ def test_default_config_matches_the_library_defaults():
     cfg = cli.experiment_config(parsed())
     assert cfg.learner == config.LearnerConfig()
     assert cfg.environment == config.EnvironmentConfig()
-    assert cfg.network == 'deep' and cfg.num_actors == 4 and cfg.seed == 1
+    assert cfg.agent.torso == 'deep' and cfg.num_actors == 4 and cfg.seed == 1
     assert cfg.save_checkpoint_secs == 600
 
 
@@ -99,7 +99,7 @@ def test_flags_reach_the_config():
     assert cfg.environment.width == 48
     assert cfg.environment.atari_sticky_action_prob == 0.25
     assert not cfg.environment.atari_terminal_on_life_loss
-    assert (cfg.network, cfg.level_name, cfg.mode, cfg.test_num_episodes) == (
+    assert (cfg.agent.torso, cfg.level_name, cfg.mode, cfg.test_num_episodes) == (
         'mlp',
         'gym/CartPole-v1',
         'test',
@@ -191,7 +191,7 @@ def _preset(name):
 def test_atari_flag_file_sets_the_paper_atari_values(monkeypatch):
     monkeypatch.chdir(ROOT)  # Flag files name each other relative to the repository root.
     cfg = cli.experiment_config(parsed(f'--flagfile={_preset("atari")}', '--level_name=atari/Pong'))
-    assert (cfg.network, cfg.use_lstm, cfg.num_actors) == ('shallow', False, 48)
+    assert (cfg.agent.torso, cfg.agent.use_lstm, cfg.num_actors) == ('shallow', False, 48)
     assert not cfg.environment.atari_full_action_space
     assert cfg.environment.atari_terminal_on_life_loss
     assert cfg.environment.num_action_repeats == 4
@@ -221,12 +221,12 @@ def test_pong_and_dmlab30_flag_files(monkeypatch):
     monkeypatch.chdir(ROOT)
     pong = cli.experiment_config(parsed(f'--flagfile={_preset("pong")}'))
     assert pong.level_name == 'atari/Pong' and pong.learner.total_environment_frames == 10**7
-    assert pong.learner.max_grad_norm == 40.0 and not pong.use_lstm
+    assert pong.learner.max_grad_norm == 40.0 and not pong.agent.use_lstm
     assert (pong.learner.batch_size, pong.learner.epsilon, pong.num_actors) == (4, 1e-5, 32)
     assert pong.learner.entropy_cost == 0.002
     assert pong.learner.learning_rate_decay_frames == 2 * 10**8
     dmlab = cli.experiment_config(parsed(f'--flagfile={_preset("dmlab30")}'))
-    assert (dmlab.level_name, dmlab.network, dmlab.use_lstm, dmlab.num_actors) == (
+    assert (dmlab.level_name, dmlab.agent.torso, dmlab.agent.use_lstm, dmlab.num_actors) == (
         'dmlab30',
         'deep',
         True,
@@ -252,7 +252,7 @@ def test_gym_levels_default_to_one_action_repeat():
 
 def test_new_agent_and_learner_flags():
     cfg = cli.experiment_config(parsed('--nouse_lstm', '--max_grad_norm=40', '--env_seed_offset=3'))
-    assert not cfg.use_lstm and cfg.learner.max_grad_norm == 40.0
+    assert not cfg.agent.use_lstm and cfg.learner.max_grad_norm == 40.0
     assert cfg.env_seed(0) == 4 and cfg.env_seed(5) == 9
     assert cli.experiment_config(parsed()).learner.max_grad_norm is None
     with pytest.raises(ValueError, match='max_grad_norm'):
@@ -476,6 +476,9 @@ def test_every_flag_comes_from_a_config_field_and_every_field_has_one():
             flag = config.field_flag(field)
             if dataclasses.is_dataclass(field.type):
                 assert flag is None, field.name  # Nested configs: their fields have flags.
+                continue
+            if field.metadata.get(config.NO_FLAG_METADATA_KEY):
+                assert flag is None, field.name  # Set from elsewhere (the environment).
                 continue
             assert flag is not None, f'{cls.__name__}.{field.name} has no flag'
             name = flag.flag_name(field)

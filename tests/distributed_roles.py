@@ -206,7 +206,7 @@ def cartpole_config(args: argparse.Namespace, job_name: str):
     return config.ExperimentConfig(
         logdir=args.logdir,
         level_name='gym/CartPole-v1',
-        network='mlp',
+        agent=config.AgentConfig(torso='mlp'),
         task=args.task,
         job_name=job_name,
         envs_per_actor=args.envs_per_actor,

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import checkpoints, config, environments, evaluate, learner, networks, runtime
+from scalable_agent2 import (
+    builder,
+    checkpoints,
+    config,
+    environments,
+    evaluate,
+    learner,
+    networks,
+    policy,
+)
 from scalable_agent2.scoring import atari57, dmlab30
 from scalable_agent2.types import AgentOutput, StepOutput, StepOutputInfo
 
@@ -44,29 +53,33 @@ class EpisodicEnv:
         return self._out(1.0, False, float(self._step), self._step)
 
 
-def test_split_is_even_and_has_no_empty_shares():
-    assert evaluate._split(10, 4) == [3, 3, 2, 2]
-    assert evaluate._split(3, 8) == [1, 1, 1]
-    assert evaluate._split(5, 1) == [5]
+def test_plan_shares_each_levels_episodes_evenly_without_empty_shares():
+    def shares(total, parts):
+        cfg = config.ExperimentConfig(test_num_episodes=total, num_actors=parts, test_parallel=True)
+        jobs, _ = evaluate.plan(cfg, ['lvl'])
+        return [job.num_episodes for job in jobs]
+
+    assert shares(10, 4) == [3, 3, 2, 2]
+    assert shares(3, 8) == [1, 1, 1]
+    assert shares(5, 1) == [5]
     for total in range(1, 20):
         for parts in range(1, 10):
-            shares = evaluate._split(total, parts)
-            assert sum(shares) == total and min(shares) >= 1 and max(shares) - min(shares) <= 1
+            got = shares(total, parts)
+            assert sum(got) == total and min(got) >= 1 and max(got) - min(got) <= 1
 
 
 def test_run_episodes_counts_episodes_and_carries_state():
     seen_states = []
 
-    def policy(last_action, env_output, state):
+    def fake_policy(last_action, env_output, state):
         seen_states.append(int(state[0]))
         frame = env_output.observation[0][0, 0]
         action = np.array([int(frame) % 2], np.int32)
         assert last_action[0] == (int(frame) - 1) % 2 if frame > 0 else last_action[0] == 0
         return AgentOutput(action, np.zeros([1, 2]), np.zeros([1])), state + 1
 
-    returns = evaluate._run_episodes(
-        EpisodicEnv(), policy, np.zeros([1], np.int64), 4, threading.Event()
-    )
+    stepper = policy.PolicyStepper(fake_policy, np.zeros([1], np.int64))
+    returns = policy.run_episodes(EpisodicEnv(), stepper, 4, threading.Event())
     assert returns == [1.0, 2.0, 3.0, 4.0]
     # One call per step (1 + 2 + 3 + 4 steps); the state is never reset by the loop itself.
     assert seen_states == list(range(10))
@@ -82,22 +95,22 @@ def _save_checkpoint(logdir, frames, level_name, network, env_config, num_action
     cfg = config.ExperimentConfig(
         logdir=str(logdir),
         level_name=level_name,
-        network=network,
+        agent=config.AgentConfig(torso=network),
         environment=env_config,
         learner=config.LearnerConfig(num_action_repeats=num_action_repeats, use_xla=False),
     ).validate()
     env = environments.create_environment(level_name, cfg.environment, 0, False)
     try:
-        agent_config = runtime.agent_config_for(cfg, env)
+        agent_config = builder.agent_config_for(cfg, env)
         spec = env.observation_spec
     finally:
         env.close()
     agent = networks.ImpalaAgent(agent_config)
-    runtime.create_agent_variables(agent, spec)
+    builder.create_agent_variables(agent, spec)
     the_learner = learner.Learner(agent, cfg.learner)
     the_learner.num_environment_frames.assign(frames)
     ckpt = checkpoints.Checkpointer(
-        cfg.logdir, the_learner.checkpoint_state, runtime.agent_spec(agent_config, spec)
+        cfg.logdir, the_learner.checkpoint_state, builder.agent_spec(agent_config, spec)
     )
     ckpt.save(frames)
     return cfg, agent
@@ -120,7 +133,10 @@ def test_evaluate_writes_results(tmp_path):
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     cfg = config.ExperimentConfig(
-        logdir=str(tmp_path / 'empty'), mode='test', level_name='gym/CartPole-v1', network='mlp'
+        logdir=str(tmp_path / 'empty'),
+        mode='test',
+        level_name='gym/CartPole-v1',
+        agent=config.AgentConfig(torso='mlp'),
     )
     with pytest.raises(checkpoints.NoCheckpointError, match='no checkpoint'):
         evaluate.evaluate(cfg)
@@ -188,7 +204,9 @@ def test_suite_results_use_the_test_level_names_that_test_mode_runs():
 def test_convolutional_network_on_vector_observations_is_a_clear_error(tmp_path):
     cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
     with pytest.raises(ValueError, match='needs image frames .* use --network=mlp'):
-        evaluate.evaluate(dataclasses.replace(cfg, mode='test', network='shallow'))
+        evaluate.evaluate(
+            dataclasses.replace(cfg, mode='test', agent=config.AgentConfig(torso='shallow'))
+        )
 
 
 @pytest.mark.timeout(300)

@@ -1,14 +1,19 @@
-"""Tests for scalable_agent2.learner: numpy V-trace reference, training, counter, checkpoints."""
+"""Tests for scalable_agent2.learner: numpy V-trace reference, training, counter, checkpoints;
+the learner loop over synthetic sources with its hooks."""
 
 import dataclasses
+import json
+import logging as std_logging
 import os
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import config, learner, networks
+from scalable_agent2 import builder, config, learner, networks, workers
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
+from tests import fakes
 
 T, B, A = 5, 3, 4
 REPEATS = 4
@@ -472,3 +477,224 @@ def test_learner_steps_count_applied_updates_and_persist_over_resume(tmp_path):
     checkpoints.Checkpointer(str(old_dir), from_old.checkpoint_state, spec).restore_latest()
     assert int(from_old.num_environment_frames.numpy()) == 3 * T * B * REPEATS
     assert int(from_old.num_learner_steps.numpy()) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# The learner loop and its hooks.
+
+
+class FakeLearner:
+    """Adds `frames_per_step` per step; step `fail_at` is not applied (a diverged step)."""
+
+    def __init__(self, frames=0, frames_per_step=100, fail_at=None):
+        self.num_environment_frames = tf.Variable(frames, dtype=tf.int64)
+        self.frames_per_step = frames_per_step
+        self.fail_at = fail_at
+        self.batches = []
+
+    def step(self, batch):
+        self.batches.append(batch)
+        applied = len(self.batches) != self.fail_at
+        if applied:
+            self.num_environment_frames.assign_add(self.frames_per_step)
+        return {
+            'total_loss': 1.0 if applied else float('nan'),
+            'grad_norm': 2.0 if applied else float('inf'),
+            'update_applied': applied,
+        }
+
+
+class RecordingHook(learner.Hook):
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def begin(self, frames):
+        self.log.append((self.name, 'begin', frames))
+
+    def after_step(self, step):
+        self.log.append((self.name, step.step, step.frames, step.batch))
+
+
+class FakeCheckpointer:
+    def __init__(self):
+        self.saved = []
+
+    def save(self, frames):
+        self.saved.append(frames)
+        return f'ckpt-{frames}'
+
+
+def test_learner_loop_pulls_from_a_callable_source_and_calls_hooks_in_order():
+    log = []
+    batches = iter(range(100))
+    the_learner = FakeLearner(frames=200)
+    hooks = [RecordingHook(log, 'a'), RecordingHook(log, 'b'), learner.FrameBudget(700)]
+    steps = learner.learner_loop(the_learner, lambda stop: next(batches), hooks, threading.Event())
+    assert steps == 5 and the_learner.batches == [0, 1, 2, 3, 4]
+    assert log[:2] == [('a', 'begin', 200), ('b', 'begin', 200)]
+    assert log[2:6] == [('a', 1, 300, 0), ('b', 1, 300, 0), ('a', 2, 400, 1), ('b', 2, 400, 1)]
+    assert log[-1] == ('b', 5, 700, 4)
+
+
+def test_learner_loop_ends_at_once_at_the_budget_on_stop_or_without_batches():
+    # A run restored at its budget takes no step.
+    assert (
+        learner.learner_loop(
+            FakeLearner(700), lambda s: 0, [learner.FrameBudget(700)], None or threading.Event()
+        )
+        == 0
+    )
+    stop = threading.Event()
+    stop.set()
+    assert learner.learner_loop(FakeLearner(), lambda s: 0, [], stop) == 0
+    # A source that runs dry (None) ends the loop; an object with get(stop) is a source too.
+    source = iter([1, 2, None, 3])
+    assert learner.learner_loop(FakeLearner(), lambda s: next(source), [], threading.Event()) == 2
+    staged = workers.StagedBatch()
+    stop = threading.Event()
+    producer = threading.Thread(
+        target=workers.prefetch_loop, args=(iter(['x', 'y', None]).__next__, staged, stop)
+    )
+    producer.start()
+    the_learner = FakeLearner()
+    steps = learner.learner_loop(the_learner, staged, [learner.FrameBudget(200)], stop)
+    producer.join(timeout=5)
+    assert steps == 2 and the_learner.batches == ['x', 'y']
+
+
+def test_divergence_guard_saves_the_last_good_parameters_and_raises():
+    ckpt = FakeCheckpointer()
+    log = []
+    hooks = [learner.DivergenceGuard(ckpt), RecordingHook(log, 'after')]
+    with pytest.raises(learner.DivergenceError, match='learner step 3 \\(200 frames; loss nan'):
+        learner.learner_loop(FakeLearner(fail_at=3), lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == [200]
+    assert [entry[1] for entry in log if entry[1] != 'begin'] == [1, 2]  # Never saw step 3.
+
+
+class RaisingLearner(FakeLearner):
+    """Step `raise_at` raises (after `poison` of the variable, if given)."""
+
+    def __init__(self, raise_at, poison=None):
+        super().__init__()
+        self.raise_at = raise_at
+        self.poison = poison
+        self.weights = tf.Variable([1.0, 2.0])
+
+    def step(self, batch):
+        if len(self.batches) + 1 == self.raise_at:
+            if self.poison is not None:
+                self.weights.assign([self.poison, 2.0])
+            raise tf.errors.InternalError(None, None, 'kernel exploded')
+        return super().step(batch)
+
+
+def test_a_failing_learner_step_saves_the_last_good_parameters_and_reraises(caplog):
+    ckpt = FakeCheckpointer()
+    the_learner = RaisingLearner(raise_at=3)
+    hooks = [learner.SaveOnError(ckpt, [the_learner.weights]), learner.DivergenceGuard(ckpt)]
+    with pytest.raises(tf.errors.InternalError, match='kernel exploded'):
+        learner.learner_loop(the_learner, lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == [200]
+    assert any('saved ckpt-200 first' in r.getMessage() for r in caplog.records)
+
+    # Non-finite parameters are never saved; a diverged step was saved by its guard only.
+    ckpt = FakeCheckpointer()
+    poisoned = RaisingLearner(raise_at=2, poison=float('nan'))
+    hooks = [learner.SaveOnError(ckpt, [poisoned.weights])]
+    with pytest.raises(tf.errors.InternalError):
+        learner.learner_loop(poisoned, lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == []
+    ckpt = FakeCheckpointer()
+    hooks = [learner.SaveOnError(ckpt, []), learner.DivergenceGuard(ckpt)]
+    with pytest.raises(learner.DivergenceError):
+        learner.learner_loop(FakeLearner(fail_at=2), lambda s: 'b', hooks, threading.Event())
+    assert ckpt.saved == [100]
+
+    # A hook that raises counts too.
+    class Broken(learner.Hook):
+        def after_step(self, step):
+            raise OSError('disk full')
+
+    ckpt = FakeCheckpointer()
+    with pytest.raises(OSError, match='disk full'):
+        learner.learner_loop(
+            FakeLearner(),
+            lambda s: 'b',
+            [learner.SaveOnError(ckpt, []), Broken()],
+            threading.Event(),
+        )
+    assert ckpt.saved == [100]
+
+
+def test_publish_and_periodic_checkpoint_hooks():
+    class Store:
+        versions = []
+
+        def publish(self, version):
+            self.versions.append(version)
+
+    store, ckpt = Store(), FakeCheckpointer()
+    hooks = [
+        learner.PublishParameters(store, 2),
+        learner.PeriodicCheckpoint(ckpt, 0.0),
+        learner.FrameBudget(500),
+    ]
+    learner.learner_loop(FakeLearner(), lambda s: 'b', hooks, threading.Event())
+    assert store.versions == [2, 4]
+    assert ckpt.saved == [100, 200, 300, 400, 500]
+    ckpt = FakeCheckpointer()
+    learner.learner_loop(
+        FakeLearner(),
+        lambda s: 'b',
+        [learner.PeriodicCheckpoint(ckpt, 3600.0), learner.FrameBudget(300)],
+        threading.Event(),
+    )
+    assert ckpt.saved == []
+
+
+def test_standard_hooks_with_a_real_learner_on_a_synthetic_source(tmp_path, caplog):
+    """Summaries (learning_rate = the rate the step used), progress log, checkpoints, budget."""
+    from scalable_agent2 import summaries
+
+    lr, total = 0.01, 60  # 10 steps of 3 x 2 frames.
+    cfg = config.ExperimentConfig(
+        logdir=str(tmp_path),
+        agent=config.AgentConfig(torso='mlp'),
+        save_summaries_secs=1e-9,
+        log_interval_secs=1e-9,
+        save_checkpoint_secs=3600,
+        environment=config.EnvironmentConfig(num_action_repeats=1),
+        learner=config.LearnerConfig(
+            batch_size=2,
+            unroll_length=3,
+            num_action_repeats=1,
+            total_environment_frames=total,
+            learning_rate=lr,
+            use_xla=False,
+        ),
+    ).validate()
+    setup = builder.set_up_training(cfg, [fakes.CARTPOLE_SPEC], ['lvl'])
+    assert setup.resumed_from is None
+    batch = fakes.synthetic_batch(setup.agent)
+    writer = summaries.TrainingSummaries(str(tmp_path), None, ['lvl'])
+    hooks = learner.standard_hooks(
+        cfg, setup.checkpointer, writer, lambda: (0, 1), setup.agent.variables
+    )
+    caplog.set_level(std_logging.INFO)
+    steps = learner.learner_loop(setup.learner, lambda stop: batch, hooks, threading.Event())
+    result = learner.finish_training(setup.learner, setup.checkpointer, steps, None)
+    writer.close()
+    assert steps == 10 and result['num_environment_frames'] == total
+    assert result['checkpoint'].endswith(f'ckpt-{total}')
+    tags = fakes.scalar_points(tmp_path)
+    assert [s for s, _ in tags['learning_rate']] == list(range(6, 61, 6))
+    for step, rate in tags['learning_rate']:
+        assert rate == pytest.approx(lr * (1 - (step - 6) / total), rel=1e-5)
+    assert len(tags['lvl/episode_return']) == 20  # One episode end per unroll, each step.
+    assert 'update_applied' not in tags and 'frames_per_second' in tags
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('frames ')]
+    assert lines and lines[-1].startswith('frames 60/60 (100.0%)')
+    assert 'learner steps 10, queue 0/1; mean return lvl: 7.00' in lines[-1]
+    with open(tmp_path / 'config.json') as f:
+        assert json.load(f)['level_names'] == ['lvl']

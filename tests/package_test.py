@@ -110,10 +110,34 @@ def test_ci_runs_the_readme_test_command():
 PRIVATE_NAME_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
+# The private-looking names of namedtuples' public API.
+_NAMEDTUPLE_API = {'_replace', '_asdict', '_fields', '_make', '_field_defaults'}
+
+
+def _own_private_names(tree: ast.AST) -> set[str]:
+    """The private names a file defines: functions, classes, attributes it assigns, globals."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return {name for name in names if name.startswith('_')}
+
+
 def _private_uses(path: pathlib.Path) -> set[str]:
-    """`module._name` uses (and `from module import _name`) of the package's own modules."""
+    """Private names of the package used outside the file that defines them.
+
+    `module._name` uses (and `from module import _name`) of the package's own modules, and
+    attribute reach-ins `obj._attr` (obj not `self`/`cls`) into private attributes that this file
+    does not define itself (e.g. `env._wait_packed()` on another module's class). Attributes of
+    modules from outside the package (`os._exit`) and namedtuples' `_replace` & co. are not ours.
+    """
     tree = ast.parse(path.read_text(), filename=str(path))
     modules: set[str] = set()  # Local names bound to scalable_agent2 modules.
+    foreign: set[str] = set()  # Local names bound to modules from outside the package.
     uses: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('scalable_agent2'):
@@ -121,19 +145,28 @@ def _private_uses(path: pathlib.Path) -> set[str]:
                 if alias.name.startswith('_'):
                     uses.add(f'{node.module.rsplit(".", 1)[-1]}.{alias.name}')
                 modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            foreign.update(alias.asname or alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith('scalable_agent2') and alias.asname:
                     modules.add(alias.asname)
+                elif not alias.name.startswith('scalable_agent2'):
+                    foreign.add(alias.asname or alias.name.split('.')[0])
+    own = _own_private_names(tree)
     for node in ast.walk(tree):
-        if (
+        if not (
             isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in modules
             and node.attr.startswith('_')
             and not node.attr.startswith('__')
         ):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in modules:
             uses.add(f'{node.value.id}.{node.attr}')
+        elif isinstance(node.value, ast.Name) and node.value.id in ('self', 'cls', *foreign):
+            continue
+        elif node.attr not in own and node.attr not in _NAMEDTUPLE_API:
+            uses.add(f'{ast.unparse(node.value)}.{node.attr}')
     return uses
 
 
@@ -154,5 +187,8 @@ def test_private_name_detector_detects(tmp_path):
         'from scalable_agent2.train import _hidden\n'
         'import scalable_agent2.runtime as rt\n'
         't._Workers(None)\nrt._x\nself._fine\nt.__doc__\n'
+        'import os\nos._exit(0)\nenv._wait_packed()\nout._replace(a=1)\n'
+        'class A:\n    def _own(self, other):\n        return other._own, other._v\n'
+        '    def set(self):\n        self._v = 1\n'
     )
-    assert _private_uses(bad) == {'t._Workers', 'train._hidden', 'rt._x'}
+    assert _private_uses(bad) == {'t._Workers', 'train._hidden', 'rt._x', 'env._wait_packed'}

@@ -194,7 +194,8 @@ def test_agent_chooser_feeds_back_actions_and_state():
 def test_real_agent_plays_the_recorded_atari_episode(tmp_path):
     import tensorflow as tf
 
-    from scalable_agent2 import networks, runtime
+    from scalable_agent2 import builder, networks
+    from scalable_agent2 import policy as policy_lib
     from scalable_agent2.environments import base
 
     cfg = config_lib.EnvironmentConfig(
@@ -202,8 +203,8 @@ def test_real_agent_plays_the_recorded_atari_episode(tmp_path):
     ).validate()
     spec = base.ObservationSpec((84, 84, 4), 'uint8', False)
     agent = networks.ImpalaAgent(config_lib.AgentConfig(num_actions=18, torso='shallow'))
-    runtime.create_agent_variables(agent, spec)
-    policy = runtime.make_batched_policy(agent, timeout_ms=10)
+    builder.create_agent_variables(agent, spec)
+    policy = policy_lib.make_batched_policy(agent, timeout_ms=10)
     try:
         initial_state = tf.nest.map_structure(np.asarray, agent.initial_state(1))
         choose = recording.agent_chooser(policy, initial_state)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scalable_agent2.scoring import atari57, dmlab30
+from scalable_agent2.scoring import atari57, dmlab30, suites
 
 # A few reference values from the IMPALA paper's tables, written out independently.
 WATERMAZE = ('rooms_watermaze', 4.065, 54.0)
@@ -231,3 +231,23 @@ def test_atari57_duplicates_raise_and_others_ignored():
     returns['pong'] = 0.0
     with pytest.raises(ValueError, match='pong'):
         atari57.compute_human_normalized_score(returns)
+
+
+def test_the_registry_of_suites_holds_their_levels_action_sets_and_scores():
+    assert suites.NAMES == ('dmlab30', 'atari57')
+    assert suites.suite('atari/Pong') is None and suites.suite_of('atari/Pong') is None
+    dmlab = suites.suite('dmlab30')
+    assert dmlab.levels(False) == list(dmlab30.TRAIN_LEVELS)
+    assert dmlab.levels(True) == list(dmlab30.TEST_LEVELS)
+    assert [f'atari/{g}' for g in atari57.GAMES] == suites.suite('atari57').levels(True)
+    assert suites.full_action_space('atari57') and not suites.full_action_space('dmlab30')
+    assert not suites.full_action_space('atari/Pong')
+    returns = {
+        suites.DMLAB30_PREFIX + level: [dmlab30.HUMAN_SCORES[level]]
+        for level in dmlab30.TEST_LEVELS
+    }
+    assert suites.suite_scores('dmlab30', returns) == pytest.approx(
+        {'no_cap': 100.0, 'cap_100': 100.0}
+    )
+    with pytest.raises(ValueError, match='no suite score'):
+        suites.suite_scores('atari/Pong', {})

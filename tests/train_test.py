@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scalable_agent2 import checkpoints, config, learner, networks, runtime, summaries
+from scalable_agent2 import builder, checkpoints, config, learner, networks, summaries
 from scalable_agent2.environments.base import ObservationSpec
 from scalable_agent2.scoring import dmlab30
 from scalable_agent2.types import ActorOutput, AgentOutput, StepOutput, StepOutputInfo
+from tests import fakes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'experiment.py')
@@ -77,19 +78,6 @@ def checkpoint_numbers(logdir):
     )
 
 
-def summary_tags(logdir):
-    tags = {}
-    for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tensor = tf.make_ndarray(value.tensor)
-                if tensor.ndim:  # The `action` histogram: [buckets, 3].
-                    assert tensor.shape[1] == 3
-                    continue
-                tags.setdefault(value.tag, []).append((event.step, float(tensor)))
-    return tags
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp('cartpole'))
@@ -105,7 +93,7 @@ def test_training_writes_checkpoint_summaries_and_config(trained):
     assert checkpoint_numbers(logdir) == [FIRST_RUN_FRAMES]  # Saved at the end.
     assert 'Resumed' not in proc.stderr
     assert re.search(r'frames \d+/24000 .* frames/s, learner steps \d+, queue \d+/1', proc.stderr)
-    tags = summary_tags(logdir)
+    tags = fakes.scalar_points(logdir)
     for tag in (
         'gym/CartPole-v1/episode_return',
         'gym/CartPole-v1/episode_frames',
@@ -129,7 +117,7 @@ def test_training_writes_checkpoint_summaries_and_config(trained):
         )
     with open(os.path.join(logdir, 'config.json')) as f:
         cfg = json.load(f)
-    assert cfg['learner']['batch_size'] == 8 and cfg['network'] == 'mlp'
+    assert cfg['learner']['batch_size'] == 8 and cfg['agent']['torso'] == 'mlp'
     assert cfg['agent']['num_actions'] == 2
     with open(os.path.join(logdir, 'agent_spec.json')) as f:
         assert json.load(f)['frame_shape'] == [4]
@@ -273,7 +261,7 @@ def test_dmlab30_scores_are_written_once_every_level_has_a_return(tmp_path):
     writer.add_episodes([summaries.Episode(lv, returns[lv], 100) for lv in levels[:-1]], step=1)
     writer.add_episodes([summaries.Episode(levels[-1], returns[levels[-1]], 100)], step=2)
     writer.close()
-    tags = summary_tags(str(tmp_path))
+    tags = fakes.scalar_points(tmp_path)
     assert len(tags['dmlab30/training_no_cap']) == 1
     step, no_cap = tags['dmlab30/training_no_cap'][0]
     assert step == 2
@@ -300,7 +288,7 @@ def test_resume_restores_parameters_optimizer_slots_and_frames_exactly(tmp_path)
 
     def make():
         agent = networks.ImpalaAgent(config.AgentConfig(num_actions=2, torso='mlp', core_size=8))
-        runtime.create_agent_variables(agent, spec)
+        builder.create_agent_variables(agent, spec)
         lc = config.LearnerConfig(
             batch_size=2,
             unroll_length=3,

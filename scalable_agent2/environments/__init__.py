@@ -29,11 +29,12 @@ from scalable_agent2.environments.base import FlowEnvironment, ObservationSpec
 from scalable_agent2.environments.batched import EnvironmentBatch
 from scalable_agent2.environments.batched import EnvironmentsDiedError as EnvironmentsDiedError
 from scalable_agent2.errors import UsageError
+from scalable_agent2.scoring import suites
 from scalable_agent2.types import StepOutput, StepOutputInfo, game_over_or_done
 
 GYM_PREFIX = 'gym/'
-ATARI_PREFIX = 'atari/'
-SUITES = ('dmlab30', 'atari57')
+ATARI_PREFIX = suites.ATARI_PREFIX
+SUITES = suites.NAMES
 
 
 def expand_level_names(level_name: str, is_test: bool) -> list[str]:
@@ -47,15 +48,8 @@ def expand_level_names(level_name: str, is_test: bool) -> list[str]:
       'dmlab30' -> its 30 train (or test) levels; 'atari57' -> 57 'atari/<game>' names;
       anything else -> `[level_name]`.
     """
-    if level_name == 'dmlab30':
-        from scalable_agent2.scoring import dmlab30  # Lazy: keeps this module light.
-
-        return list(dmlab30.TEST_LEVELS if is_test else dmlab30.TRAIN_LEVELS)
-    if level_name == 'atari57':
-        from scalable_agent2.scoring import atari57
-
-        return [ATARI_PREFIX + game for game in atari57.GAMES]
-    return [level_name]
+    suite = suites.suite(level_name)  # Its tables load only now.
+    return [level_name] if suite is None else suite.levels(is_test)
 
 
 def _suite_of(level_name: str) -> tuple[str, str]:
@@ -268,7 +262,7 @@ class Environment:
         """The output of the pending `step_async` or `initial_async`."""
         return self._unpack(self._process.result())
 
-    def _wait_packed(self) -> tuple[_Packed, np.ndarray | None]:
+    def wait_packed(self) -> tuple[_Packed, np.ndarray | None]:
         """The pending call's small fields, and the shared frame (None: it is in the fields).
 
         The shared frame is a view the next step overwrites: copy it before stepping again.

@@ -266,7 +266,7 @@ class SubprocessBatch(EnvironmentBatch):
                 continue
             self._sent[i] = False
             try:
-                packed, shared_frame = env._wait_packed()
+                packed, shared_frame = env.wait_packed()
             except PyProcessDiedError as e:
                 self._dead[i] = e
                 continue

@@ -15,7 +15,7 @@ from absl import logging
 from scalable_agent2 import config as config_lib
 from scalable_agent2.environments import base
 from scalable_agent2.errors import UsageError
-from scalable_agent2.scoring import dmlab30
+from scalable_agent2.scoring import dmlab30, suites
 
 # The original's 9 actions, in its order. Each is DeepMind Lab's 7-int action:
 # (look left/right px, look down/up px, strafe left/right, move back/forward, fire, jump, crouch).
@@ -32,7 +32,7 @@ DEFAULT_ACTION_SET: tuple[tuple[int, ...], ...] = (
 )
 
 OBSERVATIONS = ('RGB_INTERLEAVED', 'INSTR')
-DMLAB30_PREFIX = 'contributed/dmlab30/'
+DMLAB30_PREFIX = suites.DMLAB30_PREFIX
 # Fixed mixer seed for evaluation, as the original: test episodes differ from training ones.
 TEST_MIXER_SEED = 0x600D5EED
 
