@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from scalable_agent2 import actor, builder, config, environments, networks, policy
-from scalable_agent2.environments import batched
+from scalable_agent2.environments import atari, batched
 from scalable_agent2.types import AgentOutput
 from tests.fakes import NUM_ACTIONS, CountingEnv
 from tests.reference_actor import ReferenceActor
@@ -369,3 +369,54 @@ def test_actor_loop_drives_its_actors_in_turn():
         ('batched', 2, 1),
         ('single', 2),
     ]
+
+
+def test_learner_recomputes_the_behaviour_logits_of_a_sharp_lstm_policy_on_atari():
+    """The learner re-runs each Atari unroll from the exact core state its actor row had.
+
+    A perturbed agent (policy head x200, LSTM input weights x3) is far from uniform, so a core
+    state from another row, step or episode would show in the logits. Games are capped at 45
+    agent steps, so episodes end inside unrolls.
+    """
+    tf.random.set_seed(0)
+    num_envs, unroll_length = 4, 20
+    env_config = config.EnvironmentConfig(atari_max_episode_frames=4 * 45)
+    env_batch = atari.AtariBatch(['atari/Pong'] * num_envs, env_config, [1, 2, 3, 4], False)
+    agent = networks.ImpalaAgent(
+        config.AgentConfig(num_actions=env_batch.num_actions, torso='shallow', use_lstm=True)
+    )
+    builder.create_agent_variables(agent, env_batch.observation_spec)
+    for v in agent.trainable_variables:
+        if 'policy_logits' in v.name and '/w:' in v.name:
+            v.assign(v * 200.0)
+        elif 'core' in v.name and '/w_i:' in v.name:
+            v.assign(v * 3.0)
+    batched_policy = policy.make_batched_policy(agent, timeout_ms=5)
+    initial = builder.initial_core_state(agent)
+    the_actor = actor.Actor(env_batch, batched_policy, initial, unroll_length)
+    try:
+        batches = [actor.stack_unrolls(the_actor.unrolls()) for _ in range(4)]
+    finally:
+        batched_policy.close()
+        the_actor.close()
+    episode_ends = 0
+    for k, b in enumerate(batches):
+        env_outputs = b.env_outputs._replace(info=())
+        state = tf.nest.map_structure(tf.convert_to_tensor, b.agent_state)
+        out, _ = agent.unroll(b.agent_outputs.action, env_outputs, state)
+        behaviour = b.agent_outputs.policy_logits[1:]
+        probs = tf.nn.softmax(behaviour).numpy()
+        assert -(probs * np.log(probs + 1e-12)).sum(-1).mean() < 0.5  # Far from ln 6 = 1.79.
+        np.testing.assert_allclose(out.policy_logits.numpy()[:-1], behaviour, rtol=1e-4, atol=1e-3)
+        episode_ends += int(b.env_outputs.done[1:-1].sum())
+        if k + 1 < len(batches):  # Across the unroll boundary: the next start state.
+            _, end = agent.unroll(
+                b.agent_outputs.action[:-1],
+                tf.nest.map_structure(lambda x: x[:-1], env_outputs),
+                state,
+            )
+            for x, y in zip(
+                tf.nest.flatten(end), tf.nest.flatten(batches[k + 1].agent_state), strict=True
+            ):
+                np.testing.assert_allclose(x.numpy(), y, atol=1e-5)
+    assert episode_ends > 0
