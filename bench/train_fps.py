@@ -377,6 +377,14 @@ def main(argv: list[str] | None = None) -> None:
         '--tree', default=ROOT, help='train with the package of this source tree (default: here)'
     )
     parser.add_argument(
+        '--allocator',
+        default='bfc',
+        choices=['bfc', 'malloc'],
+        help="host allocator for the model costs and every training run: 'bfc' (the CLI's "
+        "since tf_startup.use_fast_allocator) or 'malloc' (TensorFlow's default, for a --tree "
+        'older than that)',
+    )
+    parser.add_argument(
         '--quick',
         action='store_true',
         help='smoke run: 16 actors, 2 threads, 32x20, short windows (overrides those flags)',
@@ -391,6 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isfile(os.path.join(tree, 'experiments', 'experiment.py')):
         sys.exit(f'--tree={args.tree}: no experiments/experiment.py there')
 
+    if args.allocator == 'bfc':  # Before TensorFlow starts here; training runs inherit it.
+        os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
+    else:
+        os.environ.pop('TF_CPU_ALLOCATOR_USE_BFC', None)
     from scalable_agent2 import workers
 
     workers.configure_tf_threads(args.intra_op_threads, args.inter_op_threads)
@@ -399,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     cores = os.cpu_count()
     print(
         f'TensorFlow {tf.__version__}; {cores} cores; {LEVEL}, shallow net with LSTM, XLA off, '
-        f'{REPEATS} action repeats; extra flags {extra or "none"}; package of {tree}',
+        f'{REPEATS} action repeats; extra flags {extra or "none"}; package of {tree}; '
+        f'allocator {args.allocator}',
         flush=True,
     )
     records = []

@@ -107,6 +107,7 @@ def check_action_sets(
 def agent_spec(agent_config: config.AgentConfig, observation_spec: Any) -> dict[str, Any]:
     """What a checkpoint must match: the agent config and the frame shape/dtype."""
     spec = dataclasses.asdict(agent_config)
+    del spec['initializer']  # Initial values only: a checkpoint restores into either.
     spec['frame_shape'] = [int(d) for d in observation_spec.frame_shape]
     spec['frame_dtype'] = str(observation_spec.frame_dtype)
     return spec

@@ -21,6 +21,7 @@ from scalable_agent2.scoring import suites
 REWARD_CLIPPING_MODES = ('abs_one', 'soft_asymmetric')
 OPTIMIZERS = ('rmsprop', 'adam')
 TORSOS = ('deep', 'shallow', 'mlp')
+INITIALIZERS = ('original', 'orthogonal')
 MODES = ('train', 'test')
 JOB_NAMES = ('learner', 'actor')
 
@@ -191,6 +192,8 @@ class AgentConfig:
       use_lstm: run the LSTM core (the original); False gives the paper's feed-forward
         single-game Atari agent, whose heads read the torso output directly (the core state is
         then carried but unused).
+      initializer: 'original' or 'orthogonal' (`--initializer`): initial values only, so not
+        part of a checkpoint's agent spec.
     """
 
     num_actions: int = unflagged_field(0, "the environment's action set")
@@ -208,6 +211,13 @@ class AgentConfig:
         "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
         "paper's single-game Atari experts.",
     )
+    initializer: str = flag_field(
+        'original',
+        "Initial weights: 'original' (Sonnet's defaults, as the original) or 'orthogonal' "
+        '(orthogonal torso weights with gain sqrt 2, policy head 0.01, baseline 1: the PPO '
+        'Atari initialisation; the LSTM keeps its own). Checkpoints restore either way.',
+        choices=INITIALIZERS,
+    )
 
     def for_environment(self, num_actions: int, use_instruction: bool) -> 'AgentConfig':
         """This config completed with an environment's action set and instruction use."""
@@ -223,6 +233,10 @@ class AgentConfig:
         _positive('core_size', self.core_size)
         if self.torso not in TORSOS:
             raise UsageError(f'torso must be one of {TORSOS}, got {self.torso!r}')
+        if self.initializer not in INITIALIZERS:
+            raise UsageError(
+                f'initializer must be one of {INITIALIZERS}, got {self.initializer!r}'
+            )
         return self
 
 

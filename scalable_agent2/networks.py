@@ -83,12 +83,60 @@ class _LazyLSTM(snt.Module):
         zeros = tf.zeros([batch_size, self._hidden_size], tf.float32)
         return snt.LSTMState(hidden=zeros, cell=zeros)
 
-    def __call__(self, inputs: tf.Tensor, state: snt.LSTMState):
+    def _build(self, input_size: int) -> snt.LSTM:
         if self._lstm is None:
-            init = _glorot_uniform_lstm_init(inputs.shape[-1], self._hidden_size)
+            init = _glorot_uniform_lstm_init(input_size, self._hidden_size)
             with self.name_scope:
                 self._lstm = snt.LSTM(self._hidden_size, w_i_init=init, w_h_init=init, name='lstm')
-        return self._lstm(inputs, state)
+                # Creates the weights (a graph prunes this unused call).
+                self._lstm(tf.zeros([1, input_size]), self.initial_state(1))
+        return self._lstm
+
+    def __call__(self, inputs: tf.Tensor, state: snt.LSTMState):
+        return self._build(inputs.shape[-1])(inputs, state)
+
+    def unroll(
+        self, inputs: tf.Tensor, reset: tf.Tensor, state: snt.LSTMState
+    ) -> tuple[tf.Tensor, snt.LSTMState]:
+        """`unroll_lstm` over `[T, B, D]` inputs (T static)."""
+        return unroll_lstm(self._build(inputs.shape[-1]), inputs, reset, state)
+
+
+def unroll_lstm(
+    lstm: snt.LSTM, inputs: tf.Tensor, reset: tf.Tensor, state: snt.LSTMState
+) -> tuple[tf.Tensor, snt.LSTMState]:
+    """`lstm` step by step over a static number of steps, the state set to zeros where
+    `reset[t]` before step t. The maths of `snt.LSTM`'s step, with the input projection of all
+    steps done as one matmul, which is cheaper on a CPU than T small ones (docs/BENCHMARKS.md).
+
+    Args:
+      lstm: a built `snt.LSTM` without projection.
+      inputs: float32 `[T, B, D]`, T static.
+      reset: bool `[T, B]`.
+      state: `snt.LSTMState` of float32 `[B, H]`.
+
+    Returns:
+      (outputs float32 `[T, B, H]`, the state after step T-1).
+    """
+    steps = inputs.shape[0]
+    hidden_size = lstm.hidden_to_hidden.shape[0]
+    resets = tf.unstack(reset, num=steps)
+    gates_x = tf.matmul(_merge_leading(inputs), lstm.input_to_hidden)
+    # Unstacked, not indexed: the gradient of T slices is then one stack, not T full-size sums.
+    gates_x = tf.unstack(tf.reshape(gates_x, [steps, -1, 4 * hidden_size]), num=steps)
+    hidden, cell = state.hidden, state.cell
+    outputs = []
+    for t in range(steps):
+        zero = resets[t][:, tf.newaxis]
+        hidden = tf.where(zero, tf.zeros_like(hidden), hidden)
+        cell = tf.where(zero, tf.zeros_like(cell), cell)
+        # As snt.LSTM's step: (x w_i + h w_h) + b, gates in the order i, f, g, o.
+        gates = gates_x[t] + tf.matmul(hidden, lstm.hidden_to_hidden) + lstm.b
+        i, f, g, o = tf.split(gates, num_or_size_splits=4, axis=1)
+        cell = tf.sigmoid(f) * cell + tf.sigmoid(i) * tf.tanh(g)
+        hidden = tf.sigmoid(o) * tf.tanh(cell)
+        outputs.append(hidden)
+    return tf.stack(outputs), snt.LSTMState(hidden=hidden, cell=cell)
 
 
 class InstructionEncoder(snt.Module):
@@ -135,20 +183,24 @@ def _to_float_frame(frame: tf.Tensor) -> tf.Tensor:
 class DeepTorso(snt.Module):
     """The original's ResNet: sections (16,2),(32,2),(32,2), then relu, flatten, linear 256."""
 
-    def __init__(self, name: str = 'deep_torso'):
+    def __init__(self, w_init: snt.initializers.Initializer | None = None, name: str = 'deep_torso'):
         super().__init__(name=name)
         self._sections = []
         for i, (channels, num_blocks) in enumerate([(16, 2), (32, 2), (32, 2)]):
-            conv = snt.Conv2D(channels, 3, stride=1, padding='SAME', name=f'conv_{i}')
+            conv = snt.Conv2D(channels, 3, stride=1, padding='SAME', w_init=w_init, name=f'conv_{i}')
             blocks = [
                 (
-                    snt.Conv2D(channels, 3, stride=1, padding='SAME', name=f'res_{i}_{j}_a'),
-                    snt.Conv2D(channels, 3, stride=1, padding='SAME', name=f'res_{i}_{j}_b'),
+                    snt.Conv2D(
+                        channels, 3, stride=1, padding='SAME', w_init=w_init, name=f'res_{i}_{j}_a'
+                    ),
+                    snt.Conv2D(
+                        channels, 3, stride=1, padding='SAME', w_init=w_init, name=f'res_{i}_{j}_b'
+                    ),
                 )
                 for j in range(num_blocks)
             ]
             self._sections.append((conv, blocks))
-        self._linear = snt.Linear(TORSO_OUTPUT_SIZE, name='linear')
+        self._linear = snt.Linear(TORSO_OUTPUT_SIZE, w_init=w_init, name='linear')
 
     def __call__(self, frame: tf.Tensor) -> tf.Tensor:
         """uint8 or float32 `[N, H, W, C]` -> float32 `[N, 256]`."""
@@ -164,42 +216,141 @@ class DeepTorso(snt.Module):
         return tf.nn.relu(self._linear(out))
 
 
+def space_to_depth(x: tf.Tensor, block: int) -> tf.Tensor:
+    """`tf.nn.space_to_depth` as a reshape and a transpose, several times faster on a CPU
+    (docs/BENCHMARKS.md).
+
+    Args:
+      x: `[N, H, W, C]`, H and W multiples of `block` (static).
+      block: the block size b.
+
+    Returns:
+      `[N, H / b, W / b, b * b * C]`, channels in the order (row offset, column offset, channel).
+    """
+    height, width, channels = x.shape[1:]
+    out = tf.reshape(x, [-1, height // block, block, width // block, block, channels])
+    out = tf.transpose(out, [0, 1, 3, 2, 4, 5])
+    return tf.reshape(out, [-1, height // block, width // block, block * block * channels])
+
+
+def _conv_with_matmul_gradients(x: tf.Tensor, w: tf.Tensor, input_gradient: bool) -> tf.Tensor:
+    """`tf.nn.conv2d(x, w, 1, 'VALID')` whose gradients are two large matmuls.
+
+    For the small-channel convolutions of the shallow torso TensorFlow's CPU backprop kernels
+    reach a fraction of its matmul speed (docs/BENCHMARKS.md). With `D`, the output gradient
+    shifted by each kernel offset (a, b) and stacked on channels, `[N, Hx, Wx, kh * kw * O]`:
+    `dw[a, b] = x^T D[a, b]` summed over every position, and `dx = D w^T`. The same sums as
+    the convolution's own gradients, in another order.
+
+    Args:
+      x: float32 `[N, Hx, Wx, C]` (H, W, C static).
+      w: float32 `[kh, kw, C, O]`.
+      input_gradient: whether to compute the gradient for `x` (else None: a frame).
+
+    Returns:
+      float32 `[N, Hx - kh + 1, Wx - kw + 1, O]`.
+    """
+
+    @tf.custom_gradient
+    def conv(x, w):
+        def grad(dy):
+            k_h, k_w, channels, filters = w.shape
+            shifted = [
+                tf.pad(dy, [[0, 0], [a, k_h - 1 - a], [b, k_w - 1 - b], [0, 0]])
+                for a in range(k_h)
+                for b in range(k_w)
+            ]
+            d = tf.reshape(tf.concat(shifted, axis=-1), [-1, k_h * k_w * filters])
+            dw = tf.matmul(tf.reshape(x, [-1, channels]), d, transpose_a=True)
+            dw = tf.transpose(tf.reshape(dw, [channels, k_h, k_w, filters]), [1, 2, 0, 3])
+            if not input_gradient:
+                return None, dw
+            w_t = tf.reshape(tf.transpose(w, [0, 1, 3, 2]), [k_h * k_w * filters, channels])
+            return tf.reshape(tf.matmul(d, w_t), tf.shape(x)), dw
+
+        return tf.nn.conv2d(x, w, strides=1, padding='VALID'), grad
+
+    return conv(x, w)
+
+
+def conv_by_space_to_depth(conv: snt.Conv2D, x: tf.Tensor, stride: int) -> tf.Tensor:
+    """`conv(x)` (uint8 `x` as x / 255) for a VALID convolution whose kernel size is a multiple
+    of its stride: a stride-1 convolution over `space_to_depth(x, stride)` with the same
+    weights rearranged, and gradients by matmul (`_conv_with_matmul_gradients`). The same
+    products and sums up to float rounding, several times faster on a CPU (docs/BENCHMARKS.md).
+    The variables are `conv`'s own, so checkpoints do not change.
+
+    Args:
+      conv: an `snt.Conv2D` with `padding='VALID'`, kernel `[k, k, C, O]`, `stride` dividing k;
+        built here on first use.
+      x: uint8 (a frame: no gradient) or float32 `[N, H, W, C]`.
+      stride: the convolution's stride.
+
+    Returns:
+      float32 `[N, (H - k) // stride + 1, (W - k) // stride + 1, O]`.
+    """
+    if not hasattr(conv, 'w'):  # Builds the weights (a graph prunes this unused call).
+        kernel = conv.kernel_shape
+        kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        conv(tf.zeros([1, *kernel, x.shape[-1]]))
+    k_h, k_w, channels, filters = conv.w.shape
+    if k_h % stride or k_w % stride:
+        raise ValueError(f'kernel {k_h}x{k_w} is not a multiple of the stride {stride}')
+    out_h = (x.shape[1] - k_h) // stride + 1
+    out_w = (x.shape[2] - k_w) // stride + 1
+    used_h, used_w = (out_h - 1) * stride + k_h, (out_w - 1) * stride + k_w
+    if (used_h, used_w) != tuple(x.shape[1:3]):  # Rows and columns the kernel never reaches.
+        x = x[:, :used_h, :used_w]
+    # Rearranged before the cast: moving uint8 bytes is cheaper than moving floats.
+    blocks = tf.cast(space_to_depth(x, stride), tf.float32)
+    w = tf.reshape(conv.w, [k_h // stride, stride, k_w // stride, stride, channels, filters])
+    w = tf.transpose(w, [0, 2, 1, 3, 4, 5])
+    w = tf.reshape(w, [k_h // stride, k_w // stride, stride * stride * channels, filters])
+    if x.dtype == tf.uint8:  # conv(x / 255, w) as conv(x, w / 255): one scaling of w.
+        w = w / 255.0
+    out = _conv_with_matmul_gradients(blocks, w, input_gradient=x.dtype != tf.uint8)
+    return tf.nn.bias_add(out, conv.b) if conv.with_bias else out
+
+
 class ShallowTorso(snt.Module):
     """The paper's shallow net: conv 16 8x8/4, conv 32 4x4/2 (VALID, as DQN), linear 256."""
 
-    def __init__(self, name: str = 'shallow_torso'):
+    def __init__(
+        self, w_init: snt.initializers.Initializer | None = None, name: str = 'shallow_torso'
+    ):
         super().__init__(name=name)
-        self._conv1 = snt.Conv2D(16, 8, stride=4, padding='VALID', name='conv_1')
-        self._conv2 = snt.Conv2D(32, 4, stride=2, padding='VALID', name='conv_2')
-        self._linear = snt.Linear(TORSO_OUTPUT_SIZE, name='linear')
+        self._conv1 = snt.Conv2D(16, 8, stride=4, padding='VALID', w_init=w_init, name='conv_1')
+        self._conv2 = snt.Conv2D(32, 4, stride=2, padding='VALID', w_init=w_init, name='conv_2')
+        self._linear = snt.Linear(TORSO_OUTPUT_SIZE, w_init=w_init, name='linear')
 
     def __call__(self, frame: tf.Tensor) -> tf.Tensor:
         """uint8 or float32 `[N, H, W, C]` -> float32 `[N, 256]`."""
-        out = tf.nn.relu(self._conv1(_to_float_frame(frame)))
-        out = tf.nn.relu(self._conv2(out))
+        out = tf.nn.relu(conv_by_space_to_depth(self._conv1, frame, stride=4))
+        out = tf.nn.relu(conv_by_space_to_depth(self._conv2, out, stride=2))
         return tf.nn.relu(self._linear(snt.Flatten()(out)))
 
 
 class MLPTorso(snt.Module):
     """For vector observations (not in the original): MLP 64-64 with relu."""
 
-    def __init__(self, name: str = 'mlp_torso'):
+    def __init__(self, w_init: snt.initializers.Initializer | None = None, name: str = 'mlp_torso'):
         super().__init__(name=name)
-        self._mlp = snt.nets.MLP(MLP_HIDDEN_SIZES, activate_final=True, name='mlp')
+        self._mlp = snt.nets.MLP(MLP_HIDDEN_SIZES, w_init=w_init, activate_final=True, name='mlp')
 
     def __call__(self, observation: tf.Tensor) -> tf.Tensor:
         """float32 (or uint8) `[N, D]` -> float32 `[N, 64]`."""
         return self._mlp(_to_float_frame(observation))
 
 
-def make_torso(torso: str) -> snt.Module:
-    """Returns the torso module named by `torso` ('deep', 'shallow' or 'mlp')."""
+def make_torso(torso: str, w_init: snt.initializers.Initializer | None = None) -> snt.Module:
+    """Returns the torso module named by `torso` ('deep', 'shallow' or 'mlp'); `w_init` for
+    its weights (None: Sonnet's default)."""
     if torso == 'deep':
-        return DeepTorso()
+        return DeepTorso(w_init)
     elif torso == 'shallow':
-        return ShallowTorso()
+        return ShallowTorso(w_init)
     elif torso == 'mlp':
-        return MLPTorso()
+        return MLPTorso(w_init)
     else:
         raise ValueError(f'unknown torso {torso!r}; expected one of {config_lib.TORSOS}')
 
@@ -220,11 +371,21 @@ class ImpalaAgent(snt.RNNCore):
         super().__init__(name=name)
         self._config = config.validate()
         self._num_actions = config.num_actions
-        self._torso = make_torso(config.torso)
+        heads = {'policy_logits': None, 'baseline': None}
+        torso_init = None
+        if config.initializer == 'orthogonal':  # docs/RESULTS.md: the PPO Atari init.
+            torso_init = snt.initializers.Orthogonal(gain=math.sqrt(2.0))
+            heads = {
+                'policy_logits': snt.initializers.Orthogonal(gain=0.01),
+                'baseline': snt.initializers.Orthogonal(gain=1.0),
+            }
+        self._torso = make_torso(config.torso, torso_init)
         self._instruction_encoder = InstructionEncoder() if config.use_instruction else None
         self._core = _LazyLSTM(config.core_size, name='core')
-        self._policy_logits = snt.Linear(config.num_actions, name='policy_logits')
-        self._baseline = snt.Linear(1, name='baseline')
+        self._policy_logits = snt.Linear(
+            config.num_actions, w_init=heads['policy_logits'], name='policy_logits'
+        )
+        self._baseline = snt.Linear(1, w_init=heads['baseline'], name='baseline')
         self._built = False
 
     @property
@@ -324,19 +485,14 @@ class ImpalaAgent(snt.RNNCore):
 
     def _run_core(self, inputs: tf.Tensor, done: tf.Tensor, state: snt.LSTMState):
         """LSTM over `[T, B, D]`, resetting the state where `done[t]` before step t."""
+        if inputs.shape[0] is not None:  # Static T: a Python unroll (as the original).
+            return self._core.unroll(inputs, done, state)
         initial = self.initial_state(tf.shape(done)[1])
 
         def reset(d, s):
             return tf.nest.map_structure(
                 lambda init, x: tf.where(d[:, tf.newaxis], init, x), initial, s
             )
-
-        if inputs.shape[0] is not None:  # Static T: plain Python unroll (as the original).
-            outputs = []
-            for t in range(inputs.shape[0]):
-                out, state = self._core(inputs[t], reset(done[t], state))
-                outputs.append(out)
-            return tf.stack(outputs), state
 
         def body(carry, elems):
             out, state = self._core(elems[0], reset(elems[1], carry[1]))

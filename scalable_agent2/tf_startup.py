@@ -49,15 +49,29 @@ def lines_to_show(lines: Iterable[str], show_all: bool) -> list[str]:
     return shown
 
 
+# TensorFlow's own best-fit allocator for host memory instead of malloc, which hands each
+# large tensor fresh pages from the kernel: the learner step then spent more time in page
+# faults than in some of its ops (docs/BENCHMARKS.md). Read once, when TensorFlow starts.
+ALLOCATOR_ENVIRONMENT = {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}
+
+
+def use_fast_allocator() -> None:
+    """Sets `ALLOCATOR_ENVIRONMENT` (unless already set) for a TensorFlow not yet started."""
+    for name, value in ALLOCATOR_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 def start_tensorflow(show_all: bool = False) -> list[str]:
-    """Imports TensorFlow and lists its GPUs with descriptor 2 caught, then writes the caught
-    lines to stderr (see `lines_to_show`). Thread pools can still be configured afterwards.
+    """Imports TensorFlow (with `use_fast_allocator`) and lists its GPUs with descriptor 2
+    caught, then writes the caught lines to stderr (see `lines_to_show`). Thread pools can
+    still be configured afterwards.
 
     Returns:
       The lines written.
     """
     if 'tensorflow' in sys.modules:
         return []
+    use_fast_allocator()
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode='w+b') as caught:

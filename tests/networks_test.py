@@ -260,3 +260,132 @@ def test_feed_forward_agent_ignores_the_core_state_and_the_past():
     other = env_outputs._replace(observation=_env_outputs((t, b), 'shallow', seed=4).observation)
     moved, _ = agent.unroll(actions, other, state)
     assert np.abs(moved.policy_logits.numpy() - out.policy_logits.numpy()).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    'kernel,stride,shape,dtype',
+    [
+        (8, 4, (84, 84, 4), np.uint8),  # The shallow torso's first convolution, on frames.
+        (8, 4, (37, 41, 3), np.float32),  # Rows and columns the kernel never reaches.
+        (4, 2, (20, 20, 16), np.float32),  # Its second convolution.
+        (4, 2, (9, 12, 5), np.float32),
+    ],
+)
+def test_space_to_depth_convolution_equals_the_strided_convolution(kernel, stride, shape, dtype):
+    """Forward and gradients (weights, bias and a float input) match Sonnet's convolution."""
+    rng = np.random.default_rng(5)
+    conv = snt.Conv2D(16, kernel, stride=stride, padding='VALID', b_init=snt.initializers.RandomNormal())
+    x = rng.integers(0, 256, (6, *shape)).astype(dtype)
+    if dtype == np.float32:
+        x /= 255.0
+    x = tf.constant(x)
+    as_float = tf.cast(x, tf.float32) / 255.0 if dtype == np.uint8 else x
+    upstream = tf.constant(rng.normal(size=(6, *conv(as_float).shape[1:])), tf.float32)
+    results = []
+    for fn in (
+        lambda: conv(as_float),
+        lambda: networks.conv_by_space_to_depth(conv, x, stride=stride),
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch(as_float)
+            out = fn()
+            loss = tf.reduce_sum(out * upstream)
+        sources = [conv.w, conv.b] + ([as_float] if dtype == np.float32 else [])
+        results.append((out, *tape.gradient(loss, sources)))
+    assert len(results[1]) == len(results[0])
+    for reference, fast in zip(*results):
+        # Sums of thousands of products: float rounding, relative to the largest entry.
+        scale = np.abs(reference).max()
+        np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_space_to_depth_convolution_rejects_a_kernel_not_a_multiple_of_the_stride():
+    conv = snt.Conv2D(4, 5, stride=2, padding='VALID')
+    with pytest.raises(ValueError, match='not a multiple of the stride'):
+        networks.conv_by_space_to_depth(conv, tf.zeros([1, 9, 9, 1]), stride=2)
+
+
+def test_unroll_lstm_equals_sonnet_steps_with_resets():
+    """Outputs, final state and gradients match snt.LSTM called step by step."""
+    t, b, d, h = 5, 3, 7, 8
+    rng = np.random.default_rng(6)
+    lstm = snt.LSTM(h, b_init=snt.initializers.RandomNormal())
+    inputs = tf.constant(rng.normal(size=(t, b, d)), tf.float32)
+    reset = tf.constant(rng.random((t, b)) < 0.3)
+    start = snt.LSTMState(*(tf.constant(rng.normal(size=(b, h)), tf.float32) for _ in range(2)))
+    lstm(inputs[0], start)
+
+    def reference():
+        state, outputs = start, []
+        for i in range(t):
+            state = tf.nest.map_structure(
+                lambda x, i=i: tf.where(reset[i][:, None], tf.zeros_like(x), x), state
+            )
+            out, state = lstm(inputs[i], state)
+            outputs.append(out)
+        return tf.stack(outputs), state
+
+    results = []
+    for fn in (reference, lambda: networks.unroll_lstm(lstm, inputs, reset, start)):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs, state = fn()
+            loss = tf.reduce_sum(outputs * tf.range(1.0, h + 1)) + tf.reduce_sum(state.cell)
+        grads = tape.gradient(loss, [inputs, *lstm.trainable_variables])
+        results.append((outputs, state.hidden, state.cell, *grads))
+    for reference_value, fast in zip(*results):
+        scale = np.abs(reference_value).max()
+        np.testing.assert_allclose(fast, reference_value, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_agent_variables_keep_their_checkpoint_names():
+    """The faster maths keeps the variables (names and shapes) that checkpoints hold."""
+    agent = networks.ImpalaAgent(config.AgentConfig(num_actions=6, torso='shallow'))
+    env_outputs = _env_outputs((2, 1), 'shallow')
+    agent.unroll(tf.zeros([2, 1], tf.int32), env_outputs, agent.initial_state(1))
+    names = {(v.name, tuple(v.shape)) for v in agent.trainable_variables}
+    assert names == {
+        ('impala_agent/shallow_torso/conv_1/w:0', (8, 8, 4, 16)),
+        ('impala_agent/shallow_torso/conv_1/b:0', (16,)),
+        ('impala_agent/shallow_torso/conv_2/w:0', (4, 4, 16, 32)),
+        ('impala_agent/shallow_torso/conv_2/b:0', (32,)),
+        ('impala_agent/shallow_torso/linear/w:0', (3 * 3 * 32, 256)),
+        ('impala_agent/shallow_torso/linear/b:0', (256,)),
+        ('impala_agent/core/lstm/w_i:0', (256 + 1 + 6, 1024)),
+        ('impala_agent/core/lstm/w_h:0', (256, 1024)),
+        ('impala_agent/core/lstm/b:0', (1024,)),
+        ('impala_agent/policy_logits/w:0', (256, 6)),
+        ('impala_agent/policy_logits/b:0', (6,)),
+        ('impala_agent/baseline/w:0', (256, 1)),
+        ('impala_agent/baseline/b:0', (1,)),
+    }
+
+
+def test_orthogonal_initializer_gives_orthogonal_torso_and_a_near_uniform_policy():
+    agent = networks.ImpalaAgent(
+        config.AgentConfig(num_actions=6, torso='shallow', use_lstm=False, initializer='orthogonal')
+    )
+    env_outputs = _env_outputs((3, 2), 'shallow', seed=2)
+    out, _ = agent.unroll(tf.zeros([3, 2], tf.int32), env_outputs, agent.initial_state(2))
+    weights = {v.name.split('/', 1)[1]: v.numpy() for v in agent.trainable_variables}
+    for name, gain in [
+        ('shallow_torso/conv_1/w:0', 2.0),
+        ('shallow_torso/conv_2/w:0', 2.0),
+        ('shallow_torso/linear/w:0', 2.0),
+        ('policy_logits/w:0', 1e-4),
+        ('baseline/w:0', 1.0),
+    ]:
+        w = weights[name].reshape(-1, weights[name].shape[-1])
+        np.testing.assert_allclose(w.T @ w, gain * np.eye(w.shape[1]), atol=1e-5 * max(gain, 1))
+    assert all(not w.any() for name, w in weights.items() if name.endswith('/b:0'))
+    # A policy head of gain 0.01 starts the policy near uniform whatever the frame.
+    assert np.abs(out.policy_logits.numpy()).max() < 0.05
+    default = networks.ImpalaAgent(config.AgentConfig(num_actions=6, torso='shallow'))
+    default.unroll(tf.zeros([3, 2], tf.int32), env_outputs, default.initial_state(2))
+    w = [v for v in default.trainable_variables if 'policy_logits/w' in v.name][0].numpy()
+    assert np.abs(w.T @ w - np.eye(6)).max() > 0.01  # Sonnet's default is not orthogonal.
+
+
+def test_unknown_initializer_raises():
+    with pytest.raises(config.UsageError, match='initializer'):
+        config.AgentConfig(num_actions=3, torso='mlp', initializer='xavier').validate()

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,21 @@ def test_a_fresh_process_starts_tensorflow_with_each_line_once():
         assert len(tf_startup.lines_to_show(lines, show_all=True)) == len(lines)  # No repeats.
         if mode == 'quiet':
             assert not any(tf_startup.NOISE.search(line) for line in lines), lines
+
+
+def test_tensorflow_starts_with_its_own_host_allocator_unless_told_otherwise():
+    code = (
+        'import os\n'
+        'from scalable_agent2 import tf_startup\n'
+        'tf_startup.start_tensorflow()\n'
+        'print(os.environ["TF_CPU_ALLOCATOR_USE_BFC"])\n'
+    )
+    for preset, expected in ((None, 'true'), ('false', 'false')):
+        env = {k: v for k, v in os.environ.items() if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
+        if preset is not None:
+            env['TF_CPU_ALLOCATOR_USE_BFC'] = preset
+        proc = subprocess.run(
+            [sys.executable, '-c', code], capture_output=True, text=True, timeout=180, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == expected
