@@ -108,6 +108,8 @@ def agent_spec(agent_config: config.AgentConfig, observation_spec: Any) -> dict[
     """What a checkpoint must match: the agent config and the frame shape/dtype."""
     spec = dataclasses.asdict(agent_config)
     del spec['initializer']  # Initial values only: a checkpoint restores into either.
+    if not spec['torso_layer_norm']:  # Specs written before the option existed match.
+        del spec['torso_layer_norm']
     spec['frame_shape'] = [int(d) for d in observation_spec.frame_shape]
     spec['frame_dtype'] = str(observation_spec.frame_dtype)
     return spec

@@ -192,6 +192,8 @@ class AgentConfig:
       use_lstm: run the LSTM core (the original); False gives the paper's feed-forward
         single-game Atari agent, whose heads read the torso output directly (the core state is
         then carried but unused).
+      torso_layer_norm: layer-normalise the torso output (with a learned scale and offset);
+        an option the original did not have.
       initializer: 'original' or 'orthogonal' (`--initializer`): initial values only, so not
         part of a checkpoint's agent spec.
     """
@@ -210,6 +212,11 @@ class AgentConfig:
         True,
         "Agent core: the original's LSTM, or (--nouse_lstm) the feed-forward agent of the "
         "paper's single-game Atari experts.",
+    )
+    torso_layer_norm: bool = flag_field(
+        False,
+        "Layer normalisation of the torso's output before the extras and the core (not in the "
+        "original; docs/RESULTS.md, 'The LSTM agent').",
     )
     initializer: str = flag_field(
         'original',

@@ -381,6 +381,12 @@ class ImpalaAgent(snt.RNNCore):
             }
         self._torso = make_torso(config.torso, torso_init)
         self._instruction_encoder = InstructionEncoder() if config.use_instruction else None
+        # docs/RESULTS.md ("The LSTM agent"): keeps the torso's scale out of the core's gates.
+        self._torso_norm = (
+            snt.LayerNorm(-1, create_scale=True, create_offset=True, name='torso_norm')
+            if config.torso_layer_norm
+            else None
+        )
         self._core = _LazyLSTM(config.core_size, name='core')
         self._policy_logits = snt.Linear(
             config.num_actions, w_init=heads['policy_logits'], name='policy_logits'
@@ -471,6 +477,8 @@ class ImpalaAgent(snt.RNNCore):
     def _torso_and_extras(self, actions: tf.Tensor, env_outputs: StepOutput) -> tf.Tensor:
         frame, tokens = env_outputs.observation
         torso_out = self._torso(_merge_leading(tf.convert_to_tensor(frame)))
+        if self._torso_norm is not None:
+            torso_out = self._torso_norm(torso_out)
         reward = _merge_leading(tf.convert_to_tensor(env_outputs.reward, tf.float32))
         clipped_reward = tf.clip_by_value(reward, -1.0, 1.0)[:, tf.newaxis]
         one_hot = tf.one_hot(_merge_leading(actions), self._num_actions, dtype=tf.float32)

@@ -389,3 +389,20 @@ def test_orthogonal_initializer_gives_orthogonal_torso_and_a_near_uniform_policy
 def test_unknown_initializer_raises():
     with pytest.raises(config.UsageError, match='initializer'):
         config.AgentConfig(num_actions=3, torso='mlp', initializer='xavier').validate()
+
+
+def test_torso_layer_norm_bounds_what_the_core_reads_whatever_the_frame_scale():
+    """--torso_layer_norm: the torso output is normalised per step (learned scale 1, offset 0
+    at the start), so scaling the torso's last layer does not scale the core's input."""
+    agent = networks.ImpalaAgent(
+        config.AgentConfig(num_actions=NUM_ACTIONS, torso='shallow', torso_layer_norm=True)
+    )
+    env_outputs = _env_outputs((2, 3), 'shallow', seed=4)
+    actions = tf.zeros([2, 3], tf.int32)
+    out, _ = agent.unroll(actions, env_outputs, agent.initial_state(3))
+    assert any('torso_norm' in v.name for v in agent.trainable_variables)
+    for v in agent.trainable_variables:
+        if 'shallow_torso/linear' in v.name:
+            v.assign(v * 50.0)
+    scaled, _ = agent.unroll(actions, env_outputs, agent.initial_state(3))
+    np.testing.assert_allclose(scaled.policy_logits, out.policy_logits, rtol=1e-3, atol=1e-4)
