@@ -233,57 +233,67 @@ def space_to_depth(x: tf.Tensor, block: int) -> tf.Tensor:
     return tf.reshape(out, [-1, height // block, width // block, block * block * channels])
 
 
-def _conv_with_matmul_gradients(x: tf.Tensor, w: tf.Tensor, input_gradient: bool) -> tf.Tensor:
-    """`tf.nn.conv2d(x, w, 1, 'VALID')` whose gradients are two large matmuls.
-
-    For the small-channel convolutions of the shallow torso TensorFlow's CPU backprop kernels
-    reach a fraction of its matmul speed (docs/BENCHMARKS.md). With `D`, the output gradient
-    shifted by each kernel offset (a, b) and stacked on channels, `[N, Hx, Wx, kh * kw * O]`:
-    `dw[a, b] = x^T D[a, b]` summed over every position, and `dx = D w^T`. The same sums as
-    the convolution's own gradients, in another order.
-
-    Args:
-      x: float32 `[N, Hx, Wx, C]` (H, W, C static).
-      w: float32 `[kh, kw, C, O]`.
-      input_gradient: whether to compute the gradient for `x` (else None: a frame).
-
-    Returns:
-      float32 `[N, Hx - kh + 1, Wx - kw + 1, O]`.
-    """
-
-    @tf.custom_gradient
-    def conv(x, w):
-        def grad(dy):
-            k_h, k_w, channels, filters = w.shape
-            shifted = [
-                tf.pad(dy, [[0, 0], [a, k_h - 1 - a], [b, k_w - 1 - b], [0, 0]])
-                for a in range(k_h)
-                for b in range(k_w)
-            ]
-            d = tf.reshape(tf.concat(shifted, axis=-1), [-1, k_h * k_w * filters])
-            dw = tf.matmul(tf.reshape(x, [-1, channels]), d, transpose_a=True)
-            dw = tf.transpose(tf.reshape(dw, [channels, k_h, k_w, filters]), [1, 2, 0, 3])
-            if not input_gradient:
-                return None, dw
-            w_t = tf.reshape(tf.transpose(w, [0, 1, 3, 2]), [k_h * k_w * filters, channels])
-            return tf.reshape(tf.matmul(d, w_t), tf.shape(x)), dw
-
-        return tf.nn.conv2d(x, w, strides=1, padding='VALID'), grad
-
-    return conv(x, w)
+def depth_to_space(x: tf.Tensor, block: int) -> tf.Tensor:
+    """The inverse of `space_to_depth`: `[N, H, W, b * b * C]` -> `[N, H * b, W * b, C]`."""
+    height, width, depth = x.shape[1:]
+    channels = depth // (block * block)
+    out = tf.reshape(x, [-1, height, width, block, block, channels])
+    out = tf.transpose(out, [0, 1, 3, 2, 4, 5])
+    return tf.reshape(out, [-1, height * block, width * block, channels])
 
 
-def conv_by_space_to_depth(conv: snt.Conv2D, x: tf.Tensor, stride: int) -> tf.Tensor:
-    """`conv(x)` (uint8 `x` as x / 255) for a VALID convolution whose kernel size is a multiple
-    of its stride: a stride-1 convolution over `space_to_depth(x, stride)` with the same
-    weights rearranged, and gradients by matmul (`_conv_with_matmul_gradients`). The same
-    products and sums up to float rounding, several times faster on a CPU (docs/BENCHMARKS.md).
+def _blocks_of_kernel(w: tf.Tensor, stride: int) -> tf.Tensor:
+    """`[k, k, C, O]` -> `[k/s, k/s, s*s*C, O]`: the kernel of the stride-1 convolution over
+    `space_to_depth(x, s)` that equals the stride-s convolution with `w`."""
+    k_h, k_w, channels, filters = w.shape
+    out = tf.reshape(w, [k_h // stride, stride, k_w // stride, stride, channels, filters])
+    out = tf.transpose(out, [0, 2, 1, 3, 4, 5])
+    return tf.reshape(out, [k_h // stride, k_w // stride, stride * stride * channels, filters])
+
+
+def _kernel_of_blocks(w_blocks: tf.Tensor, stride: int, channels: int) -> tf.Tensor:
+    """The inverse of `_blocks_of_kernel`."""
+    m_h, m_w, _, filters = w_blocks.shape
+    out = tf.reshape(w_blocks, [m_h, m_w, stride, stride, channels, filters])
+    out = tf.transpose(out, [0, 2, 1, 3, 4, 5])
+    return tf.reshape(out, [m_h * stride, m_w * stride, channels, filters])
+
+
+def _matmul_gradients(x_blocks, w_blocks, dy, input_gradient: bool):
+    """Gradients of the stride-1 VALID convolution of `x_blocks` `[N, Hx, Wx, C]` with
+    `w_blocks` `[m_h, m_w, C, O]` for the output gradient `dy`, as two large matmuls. With `D`,
+    `dy` shifted by each kernel offset (a, b) and stacked on channels `[N, Hx, Wx, m_h*m_w*O]`:
+    `dw[a, b] = x^T D[a, b]` summed over every position, and `dx = D w^T`. The same sums as the
+    convolution's own gradients, in another order. Returns (dx or None, dw)."""
+    m_h, m_w, channels, filters = w_blocks.shape
+    shifted = [
+        tf.pad(dy, [[0, 0], [a, m_h - 1 - a], [b, m_w - 1 - b], [0, 0]])
+        for a in range(m_h)
+        for b in range(m_w)
+    ]
+    d = tf.reshape(tf.concat(shifted, axis=-1), [-1, m_h * m_w * filters])
+    dw = tf.matmul(tf.reshape(x_blocks, [-1, channels]), d, transpose_a=True)
+    dw = tf.transpose(tf.reshape(dw, [channels, m_h, m_w, filters]), [1, 2, 0, 3])
+    if not input_gradient:
+        return None, dw
+    w_t = tf.reshape(tf.transpose(w_blocks, [0, 1, 3, 2]), [m_h * m_w * filters, channels])
+    return tf.reshape(tf.matmul(d, w_t), tf.shape(x_blocks)), dw
+
+
+def strided_conv(conv: snt.Conv2D, x: tf.Tensor, stride: int) -> tf.Tensor:
+    """`conv(x)` (a uint8 `x` as x / 255, as the original) for a VALID convolution whose kernel
+    size is a multiple of its stride, with cheaper gradients.
+
+    The forward pass is Sonnet's own. The gradients are those of the equal stride-1
+    convolution over `space_to_depth(x, stride)` with the kernel rearranged, computed as two
+    large matmuls (`_matmul_gradients`): TensorFlow's CPU kernels for the gradients of strided
+    convolutions with few channels run at a fraction of its matmul speed (docs/BENCHMARKS.md).
     The variables are `conv`'s own, so checkpoints do not change.
 
     Args:
-      conv: an `snt.Conv2D` with `padding='VALID'`, kernel `[k, k, C, O]`, `stride` dividing k;
-        built here on first use.
-      x: uint8 (a frame: no gradient) or float32 `[N, H, W, C]`.
+      conv: an `snt.Conv2D` with `padding='VALID'`, a `[k, k, C, O]` kernel, `stride` dividing
+        k; built here on first use.
+      x: uint8 (a frame: no input gradient) or float32 `[N, H, W, C]`, H, W, C static.
       stride: the convolution's stride.
 
     Returns:
@@ -293,22 +303,31 @@ def conv_by_space_to_depth(conv: snt.Conv2D, x: tf.Tensor, stride: int) -> tf.Te
         kernel = conv.kernel_shape
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
         conv(tf.zeros([1, *kernel, x.shape[-1]]))
-    k_h, k_w, channels, filters = conv.w.shape
+    k_h, k_w, channels, _ = conv.w.shape
     if k_h % stride or k_w % stride:
         raise ValueError(f'kernel {k_h}x{k_w} is not a multiple of the stride {stride}')
-    out_h = (x.shape[1] - k_h) // stride + 1
-    out_w = (x.shape[2] - k_w) // stride + 1
-    used_h, used_w = (out_h - 1) * stride + k_h, (out_w - 1) * stride + k_w
-    if (used_h, used_w) != tuple(x.shape[1:3]):  # Rows and columns the kernel never reaches.
-        x = x[:, :used_h, :used_w]
-    # Rearranged before the cast: moving uint8 bytes is cheaper than moving floats.
-    blocks = tf.cast(space_to_depth(x, stride), tf.float32)
-    w = tf.reshape(conv.w, [k_h // stride, stride, k_w // stride, stride, channels, filters])
-    w = tf.transpose(w, [0, 2, 1, 3, 4, 5])
-    w = tf.reshape(w, [k_h // stride, k_w // stride, stride * stride * channels, filters])
-    if x.dtype == tf.uint8:  # conv(x / 255, w) as conv(x, w / 255): one scaling of w.
-        w = w / 255.0
-    out = _conv_with_matmul_gradients(blocks, w, input_gradient=x.dtype != tf.uint8)
+    height, width = x.shape[1:3]
+    # The rows and columns that the strided kernel reaches.
+    used_h = (height - k_h) // stride * stride + k_h
+    used_w = (width - k_w) // stride * stride + k_w
+    input_gradient = x.dtype != tf.uint8
+
+    @tf.custom_gradient
+    def convolve(x, w):
+        def grad(dy):
+            used = x[:, :used_h, :used_w]
+            dx_blocks, dw_blocks = _matmul_gradients(
+                space_to_depth(used, stride), _blocks_of_kernel(w, stride), dy, input_gradient
+            )
+            dw = _kernel_of_blocks(dw_blocks, stride, channels)
+            if dx_blocks is None:
+                return None, dw
+            dx = depth_to_space(dx_blocks, stride)
+            return tf.pad(dx, [[0, 0], [0, height - used_h], [0, width - used_w], [0, 0]]), dw
+
+        return tf.nn.conv2d(x, w, strides=stride, padding='VALID'), grad
+
+    out = convolve(_to_float_frame(x), tf.identity(conv.w))
     return tf.nn.bias_add(out, conv.b) if conv.with_bias else out
 
 
@@ -325,8 +344,8 @@ class ShallowTorso(snt.Module):
 
     def __call__(self, frame: tf.Tensor) -> tf.Tensor:
         """uint8 or float32 `[N, H, W, C]` -> float32 `[N, 256]`."""
-        out = tf.nn.relu(conv_by_space_to_depth(self._conv1, frame, stride=4))
-        out = tf.nn.relu(conv_by_space_to_depth(self._conv2, out, stride=2))
+        out = tf.nn.relu(strided_conv(self._conv1, frame, stride=4))
+        out = tf.nn.relu(strided_conv(self._conv2, out, stride=2))
         return tf.nn.relu(self._linear(snt.Flatten()(out)))
 
 

@@ -271,7 +271,7 @@ def test_feed_forward_agent_ignores_the_core_state_and_the_past():
         (4, 2, (9, 12, 5), np.float32),
     ],
 )
-def test_space_to_depth_convolution_equals_the_strided_convolution(kernel, stride, shape, dtype):
+def test_strided_conv_matches_sonnet_forward_and_gradients(kernel, stride, shape, dtype):
     """Forward and gradients (weights, bias and a float input) match Sonnet's convolution."""
     rng = np.random.default_rng(5)
     conv = snt.Conv2D(16, kernel, stride=stride, padding='VALID', b_init=snt.initializers.RandomNormal())
@@ -284,7 +284,7 @@ def test_space_to_depth_convolution_equals_the_strided_convolution(kernel, strid
     results = []
     for fn in (
         lambda: conv(as_float),
-        lambda: networks.conv_by_space_to_depth(conv, x, stride=stride),
+        lambda: networks.strided_conv(conv, x, stride=stride),
     ):
         with tf.GradientTape() as tape:
             tape.watch(as_float)
@@ -299,10 +299,18 @@ def test_space_to_depth_convolution_equals_the_strided_convolution(kernel, strid
         np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-6 * scale)
 
 
-def test_space_to_depth_convolution_rejects_a_kernel_not_a_multiple_of_the_stride():
+def test_strided_conv_rejects_a_kernel_not_a_multiple_of_the_stride():
     conv = snt.Conv2D(4, 5, stride=2, padding='VALID')
     with pytest.raises(ValueError, match='not a multiple of the stride'):
-        networks.conv_by_space_to_depth(conv, tf.zeros([1, 9, 9, 1]), stride=2)
+        networks.strided_conv(conv, tf.zeros([1, 9, 9, 1]), stride=2)
+
+
+@pytest.mark.parametrize('dtype', [tf.uint8, tf.float32])
+def test_space_to_depth_and_back_match_tensorflows_ops(dtype):
+    x = tf.cast(tf.reshape(tf.range(2 * 8 * 12 * 3), [2, 8, 12, 3]) % 251, dtype)
+    blocks = networks.space_to_depth(x, 4)
+    np.testing.assert_array_equal(blocks, tf.nn.space_to_depth(x, 4))
+    np.testing.assert_array_equal(networks.depth_to_space(blocks, 4), x)
 
 
 def test_unroll_lstm_equals_sonnet_steps_with_resets():
