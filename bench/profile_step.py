@@ -138,7 +138,9 @@ def report(name, wall, cpu, per_call, agent_steps: int, top: int) -> None:
     for op_type, secs in per_call.most_common(top):
         print(f'| {op_type} | {secs * 1e3:.2f} | {secs / total:.1%} |')
     rest = total - sum(s for _, s in per_call.most_common(top))
-    print(f'| (other {max(len(per_call) - top, 0)} types) | {rest * 1e3:.2f} | {rest / total:.1%} |')
+    print(
+        f'| (other {max(len(per_call) - top, 0)} types) | {rest * 1e3:.2f} | {rest / total:.1%} |'
+    )
 
 
 def main() -> None:

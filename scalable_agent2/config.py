@@ -241,9 +241,7 @@ class AgentConfig:
         if self.torso not in TORSOS:
             raise UsageError(f'torso must be one of {TORSOS}, got {self.torso!r}')
         if self.initializer not in INITIALIZERS:
-            raise UsageError(
-                f'initializer must be one of {INITIALIZERS}, got {self.initializer!r}'
-            )
+            raise UsageError(f'initializer must be one of {INITIALIZERS}, got {self.initializer!r}')
         return self
 
 

@@ -183,11 +183,15 @@ def _to_float_frame(frame: tf.Tensor) -> tf.Tensor:
 class DeepTorso(snt.Module):
     """The original's ResNet: sections (16,2),(32,2),(32,2), then relu, flatten, linear 256."""
 
-    def __init__(self, w_init: snt.initializers.Initializer | None = None, name: str = 'deep_torso'):
+    def __init__(
+        self, w_init: snt.initializers.Initializer | None = None, name: str = 'deep_torso'
+    ):
         super().__init__(name=name)
         self._sections = []
         for i, (channels, num_blocks) in enumerate([(16, 2), (32, 2), (32, 2)]):
-            conv = snt.Conv2D(channels, 3, stride=1, padding='SAME', w_init=w_init, name=f'conv_{i}')
+            conv = snt.Conv2D(
+                channels, 3, stride=1, padding='SAME', w_init=w_init, name=f'conv_{i}'
+            )
             blocks = [
                 (
                     snt.Conv2D(

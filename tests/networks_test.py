@@ -274,7 +274,9 @@ def test_feed_forward_agent_ignores_the_core_state_and_the_past():
 def test_strided_conv_matches_sonnet_forward_and_gradients(kernel, stride, shape, dtype):
     """Forward and gradients (weights, bias and a float input) match Sonnet's convolution."""
     rng = np.random.default_rng(5)
-    conv = snt.Conv2D(16, kernel, stride=stride, padding='VALID', b_init=snt.initializers.RandomNormal())
+    conv = snt.Conv2D(
+        16, kernel, stride=stride, padding='VALID', b_init=snt.initializers.RandomNormal()
+    )
     x = rng.integers(0, 256, (6, *shape)).astype(dtype)
     if dtype == np.float32:
         x /= 255.0
