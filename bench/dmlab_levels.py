@@ -1,12 +1,15 @@
 """Which DMLab-30 levels start and play an episode on the installed DeepMind Lab build.
 
-    python bench/dmlab_levels.py [--levels=all|name,...] [--test] [--timeout=900]
+    python bench/dmlab_levels.py [--levels=all|name,...] [--test] [--dataset_path=PATH|dummy]
+        [--timeout=900]
 
 Each level runs in its own process (a missing map aborts DeepMind Lab's whole process), through
 `environments.dmlab.DmLab` as training uses it: one episode from `reset` to its end, with
 uniformly random actions from the original's action set, every observation read. Prints a
 markdown table: agent steps, env frames (steps x action repeats), the return, env frames/s, the
 first instruction, or the reason the level failed (the engine's last error line).
+`--dataset_path=dummy` is DeepMind Lab's own stand-in for the psychlab stimuli: 2,400 flat
+colours in place of the Brady, Konkle & Oliva (2008) object photographs.
 """
 
 import argparse
@@ -22,8 +25,8 @@ from scalable_agent2.environments import dmlab
 from scalable_agent2.scoring import dmlab30
 
 
-def play_episode(level: str, is_test: bool) -> dict:
-    env_config = config_lib.EnvironmentConfig()
+def play_episode(level: str, is_test: bool, dataset_path: str) -> dict:
+    env_config = config_lib.EnvironmentConfig(dataset_path=dataset_path).validate()
     start = time.perf_counter()
     env = dmlab.DmLab(level, env_config, seed=1, is_test=is_test)
     frame, instruction = env.reset()
@@ -49,8 +52,9 @@ def play_episode(level: str, is_test: bool) -> dict:
     }
 
 
-def survey(level: str, is_test: bool, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, '--child=' + level] + (['--test'] if is_test else [])
+def survey(level: str, is_test: bool, dataset_path: str, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, '--child=' + level, '--dataset_path=' + dataset_path]
+    cmd += ['--test'] if is_test else []
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -75,18 +79,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--levels', default='all')
     parser.add_argument('--test', action='store_true', help='the test levels and test config')
+    parser.add_argument('--dataset_path', default='')
     parser.add_argument('--timeout', type=float, default=900)
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(play_episode(args.child, args.test)))
+        print(json.dumps(play_episode(args.child, args.test, args.dataset_path)))
         return
     names = dmlab30.TEST_LEVELS if args.test else dmlab30.TRAIN_LEVELS
     levels = names if args.levels == 'all' else args.levels.split(',')
     print('| level | runs | agent steps | env frames | return | env frames/s | instruction |')
     print('|---|---|---|---|---|---|---|')
     for level in levels:
-        r = survey(level, args.test, args.timeout)
+        r = survey(level, args.test, args.dataset_path, args.timeout)
         if r['ok']:
             print(
                 f'| {level} | yes | {r["steps"]} | {r["frames"]} | {r["return"]:g} '

@@ -243,6 +243,11 @@ step_install() {
   # The wheel's own __init__ imports its dm_env bindings, hence the extra.
   "${VENV}/bin/pip" install --force-reinstall --no-deps "${wheels[0]}"
   "${VENV}/bin/pip" install "${wheels[0]}[dmenv_module]"
+  # The manifest goes with the engine, so that every run can say it sees placeholders.
+  if [[ -f "${LAB_SRC}/PLACEHOLDER_TEXTURES.txt" ]]; then
+    cp "${LAB_SRC}/PLACEHOLDER_TEXTURES.txt" "$("${VENV}/bin/python" -c \
+      'import importlib.util; print(importlib.util.find_spec("deepmind_lab").submodule_search_locations[0])')/"
+  fi
   "${VENV}/bin/python" -c 'import deepmind_lab; print("deepmind_lab from", deepmind_lab.__file__)'
 }
 

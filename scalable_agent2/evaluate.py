@@ -184,6 +184,9 @@ def write_results(
         },
     }
     for level, entry in out['levels'].items():
+        score = suites.level_score(level, entry['returns'])
+        if score is not None:
+            entry['human_normalized_score'] = score
         logging.info(
             '%s: mean return %.3f over %d episodes',
             level,

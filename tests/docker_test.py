@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -189,3 +190,73 @@ def test_workspace_pinning(tmp_path):
         'pinned com_google_absl -> abseil-cpp-20260107.1',
         'pinned tree_archive -> tree-0.1.9',
     ]
+
+
+# ------------------------------------------------------------------- The offline build script.
+
+OFFLINE = ROOT / 'docker' / 'build_dmlab_offline.sh'
+OFFLINE_STEPS = ('apt', 'source', 'placeholders', 'deps', 'build', 'install')
+
+
+def _offline(*args, env=None):
+    return _run(['bash', str(OFFLINE), *args], env={**os.environ, **(env or {})})
+
+
+def test_offline_script_passes_shellcheck_and_is_strict():
+    result = _run([_tool('shellcheck'), '--severity=style', str(OFFLINE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = OFFLINE.read_text()
+    assert text.startswith('#!/usr/bin/env bash\n') and '\nset -euo pipefail\n' in text
+    assert os.access(OFFLINE, os.X_OK)
+    for step in OFFLINE_STEPS:
+        assert f'    {step}) step_{step} ;;' in text
+    result = _offline('nope')
+    assert result.returncode == 2 and 'unknown step: nope' in result.stderr
+
+
+def _git(*args, cwd):
+    subprocess.run(['git', *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_offline_source_skips_missing_blobs_and_placeholders_replace_textures(tmp_path):
+    # A bare repository whose texture blob is gone, as in the snapshots of lab.
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'BUILD').write_text('# lab\n')
+    (work / 'assets').mkdir()
+    (work / 'assets' / 'wall_d.tga').write_bytes(b'real texture')
+    (work / 'assets' / 'map.bsp').write_bytes(b'real map')
+    _git('init', '-q', cwd=work)
+    _git('add', '.', cwd=work)
+    _git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'lab', cwd=work)
+    bare = tmp_path / 'lab.git'
+    _git('clone', '-q', '--bare', str(work), str(bare), cwd=tmp_path)
+    for name in ('wall_d.tga', 'map.bsp'):
+        sha = subprocess.run(
+            ['git', 'rev-parse', f'HEAD:assets/{name}'],
+            cwd=bare,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        (bare / 'objects' / sha[:2] / sha[2:]).unlink()
+    env = {'WORK': str(tmp_path / 'build'), 'LAB_GIT': str(bare)}
+    result = _offline('source', env=env)
+    assert result.returncode == 0, result.stderr
+    lab = tmp_path / 'build' / 'lab'
+    assert (lab / 'BUILD').read_text() == '# lab\n'
+    assert not (lab / 'assets' / 'wall_d.tga').exists()
+    missing = (tmp_path / 'build' / 'missing.txt').read_text().split()
+    assert sorted(missing) == ['assets/map.bsp', 'assets/wall_d.tga']
+
+    result = _offline('placeholders', env=env)
+    assert result.returncode == 0, result.stderr
+    data = (lab / 'assets' / 'wall_d.tga').read_bytes()
+    # An uncompressed 1024x1024 RGBA TGA (the real files' size), one opaque colour.
+    assert len(data) == 18 + 1024 * 1024 * 4
+    assert data[2] == 2 and data[12:16] == bytes([0, 4, 0, 4]) and data[16] == 32
+    pixels = np.frombuffer(data[18:], np.uint8).reshape(-1, 4)
+    assert (pixels == pixels[0]).all() and pixels[0, 3] == 255
+    assert not (lab / 'assets' / 'map.bsp').exists()  # Maps get no placeholder.
+    manifest = (lab / 'PLACEHOLDER_TEXTURES.txt').read_text()
+    assert 'NOT the real visuals' in manifest and 'assets/wall_d.tga #' in manifest

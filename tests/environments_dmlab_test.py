@@ -258,12 +258,17 @@ def test_missing_module_error(monkeypatch):
     message = str(info.value)
     assert '\n' not in message
     assert 'DeepMind Lab' in message and 'not installed' in message
-    assert 'Dockerfile' in message
+    assert 'Dockerfile' in message and 'build_dmlab_offline.sh' in message
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, ImportError)
 
 
-def test_missing_module_error_in_fresh_interpreter():
+def test_missing_module_error_in_fresh_interpreter(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path if 'fake_deepmind_lab' not in p])
+    if importlib.util.find_spec('deepmind_lab') is not None:
+        pytest.skip('a real deepmind_lab is installed')
     # A fresh interpreter whose path lacks the fake: the real import machinery fails.
     code = (
         'import importlib.util, sys\n'

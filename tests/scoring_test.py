@@ -251,3 +251,30 @@ def test_the_registry_of_suites_holds_their_levels_action_sets_and_scores():
     )
     with pytest.raises(ValueError, match='no suite score'):
         suites.suite_scores('atari/Pong', {})
+
+
+# ---------------------------------------------------------------------------- One level's score.
+
+
+def test_level_score_of_a_dmlab30_level_uses_its_test_twin():
+    level, random, human = COLLECT_GOOD
+    expected = 100 * (6.0 - random) / (human - random)
+    # The train name, the test name and the prefixed name all score against the test level.
+    for name in (
+        'rooms_collect_good_objects_train',
+        level,
+        'contributed/dmlab30/rooms_collect_good_objects_train',
+    ):
+        assert suites.level_score(name, [4.0, 8.0]) == pytest.approx(expected)
+
+
+def test_level_score_of_an_atari_game_and_of_no_suite():
+    game, random, human = PONG
+    assert suites.level_score('atari/Pong', [-21.0, 21.0]) == pytest.approx(
+        100 * (0.0 - random) / (human - random)
+    )
+    assert suites.level_score('seekavoid_arena_01', [1.0]) is None
+    assert suites.level_score('gym/CartPole-v1', [500.0]) is None
+    assert suites.level_score('atari/NotAGame', [1.0]) is None
+    with pytest.raises(ValueError, match='empty'):
+        suites.level_score('atari/Pong', [])

@@ -2,7 +2,7 @@
 
 `deepmind_lab` is imported when a `DmLab` is built (inside the environment's subprocess), so the
 rest of the package works without it. It cannot be installed from PyPI; the project's Dockerfile
-(at the repository root) builds it.
+(at the repository root) builds it, and so does docker/build_dmlab_offline.sh without a network.
 """
 
 import os
@@ -38,7 +38,8 @@ TEST_MIXER_SEED = 0x600D5EED
 
 _NOT_INSTALLED_MESSAGE = (
     'DeepMind Lab (the `deepmind_lab` Python module) is not installed; it is not on PyPI: '
-    'build and run the image from the Dockerfile at the root of scalable_agent2 to get it'
+    'build and run the image from the Dockerfile at the root of scalable_agent2, or build it '
+    'offline with docker/build_dmlab_offline.sh (docs/USAGE.md)'
 )
 
 
@@ -105,11 +106,31 @@ def lab_config(env_config: config_lib.EnvironmentConfig, is_test: bool) -> dict[
     return lab
 
 
+# Written by docker/build_dmlab_offline.sh next to an engine built with placeholder textures.
+PLACEHOLDER_MANIFEST = 'PLACEHOLDER_TEXTURES.txt'
+
+
+def placeholder_textures(deepmind_lab) -> list[str]:
+    """The textures of this DeepMind Lab build that are flat-colour placeholders."""
+    path = os.path.join(os.path.dirname(deepmind_lab.__file__), PLACEHOLDER_MANIFEST)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip() and not line.startswith('#')]
+
+
 def _import_deepmind_lab():
     try:
         import deepmind_lab  # Lazy: only the processes that run DeepMind Lab need it.
     except ImportError as e:
         raise DeepMindLabNotInstalledError(_NOT_INSTALLED_MESSAGE) from e
+    placeholders = placeholder_textures(deepmind_lab)
+    if placeholders:
+        logging.warning(
+            'This DeepMind Lab build has %d placeholder textures, NOT the real visuals '
+            '(docs/USAGE.md, "DeepMind Lab offline").',
+            len(placeholders),
+        )
     return deepmind_lab
 
 

@@ -99,3 +99,17 @@ def compute_human_normalized_score(
 ) -> float:
     """Mean human-normalised score over the 57 games (same signature as DMLab-30's)."""
     return compute_mean_and_median_human_normalized_score(level_returns, per_level_cap)[0]
+
+
+def level_human_normalized_score(level_name: str, returns: Returns) -> float | None:
+    """One game's uncapped human-normalised score, or None when it is not an Atari-57 game.
+
+    Args:
+      level_name: any form `game_name` accepts.
+      returns: the return, or a sequence of episode returns whose mean is used.
+    """
+    game = game_name(level_name)
+    if game is None:
+        return None
+    value = common.mean_return(level_name, returns)
+    return common.human_normalized(value, RANDOM_SCORES[game], HUMAN_SCORES[game], None)

@@ -82,3 +82,18 @@ def compute_human_normalized_score(
     See `human_normalized_scores` for the arguments and errors.
     """
     return float(np.mean(list(human_normalized_scores(level_returns, per_level_cap).values())))
+
+
+def level_human_normalized_score(level_name: str, returns: Returns) -> float | None:
+    """One level's uncapped human-normalised score, or None when it is not a DMLab-30 level.
+
+    Args:
+      level_name: a train or test level name, with or without `contributed/dmlab30/`.
+      returns: the return, or a sequence of episode returns whose mean is used.
+    """
+    level = level_name.removeprefix('contributed/dmlab30/')
+    if level not in ALL_LEVELS:
+        return None
+    test_level = LEVEL_MAPPING.get(level, level)
+    value = common.mean_return(level_name, returns)
+    return common.human_normalized(value, RANDOM_SCORES[test_level], HUMAN_SCORES[test_level], None)

@@ -96,6 +96,16 @@ def full_action_space(level_name: str) -> bool:
     return found is not None and found.full_action_space
 
 
+def level_score(level_name: str, returns: Sequence[float]) -> float | None:
+    """The human-normalised score of one level of a suite (`atari/<Game>` or a DMLab-30 level),
+    from its episode returns; None for a level of no suite."""
+    from scalable_agent2.scoring import atari57, dmlab30
+
+    if level_name.startswith(ATARI_PREFIX):
+        return atari57.level_human_normalized_score(level_name, returns)
+    return dmlab30.level_human_normalized_score(level_name, returns)
+
+
 def suite_scores(name: str, level_returns: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """The human-normalised scores of suite `name` from per-level episode returns.
 
