@@ -1,16 +1,18 @@
-"""Training frames/s of `experiments/experiment.py` on atari/Pong (shallow net, LSTM on, XLA off),
-beside the environment-only and the combined limits, over a sweep of actors, threads and shapes.
+"""Training frames/s of `experiments/experiment.py` (atari/Pong, shallow net, LSTM on, XLA off by
+default), beside the environment-only and the combined limits, over a sweep of actors, threads
+and shapes.
 
-    python bench/train_fps.py [--actors=16,32,64] [--threads=1,2,4] [--shapes=32x20,8x100]
+    python bench/train_fps.py [--level_name=atari/Pong] [--network=shallow|deep]
+        [--actors=16,32,64] [--threads=1,2,4] [--shapes=32x20,8x100]
         [--warmup_secs=60] [--window_secs=60] [--limit_secs=10] [--rounds=5] [--json=PATH]
         [--tree=DIR] [--quick] [-- extra experiment.py flags]
 
 `--quick` is a smoke run: 16 actors, 2 threads, B=32 T=20, short windows (a minute or two in
 all, most of it start-up). For every (num_actors, num_actor_threads, B, T) the real CLI trains
-Pong with the shallow network, the LSTM, 4 action repeats and XLA off (on CPU XLA makes the
-learner step ~2x slower and compiles for minutes; see the learner section of
-docs/BENCHMARKS.md), and this measures, over a steady window that starts `--warmup_secs` after
-the first progress line (tracing, queues filling):
+`--level_name` (e.g. a DeepMind Lab level) with `--network`, the LSTM, 4 action repeats and
+XLA off (on CPU XLA makes the learner step ~2x slower and compiles for minutes; see the learner
+section of docs/BENCHMARKS.md), and this measures, over a steady window that starts
+`--warmup_secs` after the first progress line (tracing, queues filling):
 
   * training frames/s: the learner's frame counter from its progress log (every second),
     between the first and the last change seen in the window;
@@ -59,7 +61,7 @@ import numpy as np
 # re-import this module (multiprocessing's forkserver/spawn), and should not load TensorFlow.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEVEL = 'atari/Pong'
+DEFAULT_LEVEL = 'atari/Pong'
 REPEATS = 4
 PROGRESS = re.compile(r'frames (\d+)/\d+ ')
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
@@ -132,6 +134,8 @@ def train_rate(
     extra_flags: list[str],
     startup: float = 600.0,
     tree: str = ROOT,
+    level: str = DEFAULT_LEVEL,
+    network: str = 'shallow',
 ) -> dict:
     """Runs the CLI of source tree `tree`; frames/s and tree CPU % over the window that starts
     `warmup` seconds after the first progress line, and the peak PSS from start to stop."""
@@ -141,8 +145,8 @@ def train_rate(
         cmd = [
             sys.executable,
             os.path.join(tree, 'experiments', 'experiment.py'),
-            f'--level_name={LEVEL}',
-            '--network=shallow',
+            f'--level_name={level}',
+            f'--network={network}',
             '--use_lstm',
             f'--num_actors={num_actors}',
             f'--num_actor_threads={threads}',
@@ -214,13 +218,13 @@ def train_rate(
 # Limits.
 
 
-def env_only_rate(num_envs: int, seconds: float) -> float:
+def env_only_rate(num_envs: int, seconds: float, level: str) -> float:
     """Frames/s of `num_envs` env subprocesses, each stepped by its own thread, random actions."""
     from scalable_agent2 import config, environments
 
     env_config = config.EnvironmentConfig()
     envs = [
-        environments.create_environment(LEVEL, env_config, seed=i, is_test=False)
+        environments.create_environment(level, env_config, seed=i, is_test=False)
         for i in range(num_envs)
     ]
     counts = [0] * num_envs
@@ -251,11 +255,11 @@ def env_only_rate(num_envs: int, seconds: float) -> float:
     return (c1 - c0) / (t1 - t0) * REPEATS
 
 
-def env_step_cpu_seconds(steps: int) -> float:
+def env_step_cpu_seconds(steps: int, level: str) -> float:
     """CPU seconds per agent step of one env subprocess: this process + the env's, per step."""
     from scalable_agent2 import config, environments
 
-    env = environments.create_environment(LEVEL, config.EnvironmentConfig(), seed=0, is_test=False)
+    env = environments.create_environment(level, config.EnvironmentConfig(), seed=0, is_test=False)
     try:
         env.initial()
         rng = np.random.default_rng(0)
@@ -272,18 +276,19 @@ def env_step_cpu_seconds(steps: int) -> float:
 class ModelCosts:
     """CPU seconds per agent step of inference (batch `num_actors`) and of the learner (B x T)."""
 
-    def __init__(self, rounds: int):
+    def __init__(self, rounds: int, level: str, network: str):
         from scalable_agent2 import builder, config, environments, networks, policy
 
         env = environments.create_environment(
-            LEVEL, config.EnvironmentConfig(), seed=0, is_test=False
+            level, config.EnvironmentConfig(), seed=0, is_test=False
         )
         try:
             self.spec = builder.EnvironmentSpec.of(env)
         finally:
             env.close()
         self.agent = networks.ImpalaAgent(
-            config.AgentConfig(num_actions=self.spec.num_actions, torso='shallow', use_lstm=True)
+            # Without the instruction encoder, which a DeepMind Lab agent also runs.
+            config.AgentConfig(num_actions=self.spec.num_actions, torso=network, use_lstm=True)
         )
         builder.create_agent_variables(self.agent, self.spec.observation_spec)
         self.policy = policy.make_policy(self.agent)
@@ -362,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         i = argv.index('--')
         argv, extra = argv[:i], argv[i + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--level_name', default=DEFAULT_LEVEL, help='the level trained')
+    parser.add_argument('--network', default='shallow', choices=['shallow', 'deep'])
     parser.add_argument('--actors', default='16,32,64', help='num_actors values')
     parser.add_argument('--threads', default='1,2,4', help='num_actor_threads values')
     parser.add_argument('--shapes', default='32x20,8x100', help='BxT learner batch shapes')
@@ -410,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cores = os.cpu_count()
     print(
-        f'TensorFlow {tf.__version__}; {cores} cores; {LEVEL}, shallow net with LSTM, XLA off, '
+        f'TensorFlow {tf.__version__}; {cores} cores; {args.level_name}, {args.network} net with '
+        'LSTM, XLA off, '
         f'{REPEATS} action repeats; extra flags {extra or "none"}; package of {tree}; '
         f'allocator {args.allocator}',
         flush=True,
@@ -423,13 +431,13 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.json, 'a') as f:
                 f.write(json.dumps(fields) + '\n')
 
-    env_s = env_step_cpu_seconds(args.env_steps)
+    env_s = env_step_cpu_seconds(args.env_steps, args.level_name)
     print(f'env step CPU (this process + env process): {env_s * 1e3:.3f} ms', flush=True)
-    env_limits = {n: env_only_rate(n, args.limit_secs) for n in actors}
+    env_limits = {n: env_only_rate(n, args.limit_secs, args.level_name) for n in actors}
     for n, rate in env_limits.items():
         print(f'env-only limit, {n} envs: {rate:.0f} frames/s', flush=True)
         record(kind='env_only', num_actors=n, frames_per_second=rate)
-    costs = ModelCosts(args.rounds)
+    costs = ModelCosts(args.rounds, args.level_name, args.network)
     inference = {n: costs.inference(n) for n in actors}
     learner_cost = {(b, t): costs.learner(b, t) for b, t in shapes}
     for n in actors:
@@ -449,7 +457,18 @@ def main(argv: list[str] | None = None) -> None:
             for k in threads:
                 if k > n:
                     continue
-                rate = train_rate(n, k, b, t, args.warmup_secs, args.window_secs, extra, tree=tree)
+                rate = train_rate(
+                    n,
+                    k,
+                    b,
+                    t,
+                    args.warmup_secs,
+                    args.window_secs,
+                    extra,
+                    tree=tree,
+                    level=args.level_name,
+                    network=args.network,
+                )
                 print(
                     f'| {n} | {k} | {b} | {t} | {rate["rate"]:.0f} | {rate["learner_steps"]} | '
                     f'{rate["cpu_percent"]:.0f} | {rate["peak_pss_gib"]:.2f} | '
