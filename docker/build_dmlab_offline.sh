@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # DeepMind Lab built offline, on Debian 12, from a lab source tree that may lack its large assets
 # (docs/USAGE.md, "DeepMind Lab offline"). Nothing is downloaded: Bazel, the C/C++ libraries and
-# googletest come from Debian's packages, abseil from a local git snapshot, and every missing
-# texture gets a flat-colour placeholder that is NOT the real visual.
+# googletest come from Debian's packages, abseil and rules_cc from local git snapshots, and every
+# missing texture gets a flat-colour placeholder that is NOT the real visual.
 #
 #   build_dmlab_offline.sh apt           the Debian packages (bazel-bootstrap, SDL2, OSMesa, ...)
 #   build_dmlab_offline.sh source        lab's tree from $LAB_GIT (a bare repository) at $LAB_REV,
@@ -67,8 +67,10 @@ step_source() {
     "$(wc -l <"${WORK}/missing.txt") missing (list in ${WORK}/missing.txt)"
 }
 
-# Each missing texture becomes an opaque uncompressed TGA of one colour, taken from a hash of its
-# name, so that objects and walls stay apart from each other. They are NOT the real visuals;
+# Each missing texture becomes an opaque uncompressed TGA of one colour derived from its name: the
+# colour a colour word in it names (lg_style_01_wall_blue_d is blue, wall_dblue dark blue), else a
+# hash of the name; a small hash offset keeps same-colour textures apart. Language levels name
+# rooms by their colour, so the words keep their meaning. They are NOT the real visuals;
 # PLACEHOLDER_TEXTURES.txt in lab's tree lists every one. The size is the real files' own: every
 # missing one is just over 4 MiB, a 1024x1024 RGBA TGA, and lab's Lua checks that the textures
 # it combines (an object's and its pattern) have the same shape.
@@ -79,14 +81,36 @@ import os
 import struct
 import sys
 
+COLOURS = {
+    'red': (200, 40, 40), 'green': (50, 170, 60), 'blue': (40, 70, 210),
+    'yellow': (225, 205, 40), 'orange': (235, 125, 30), 'purple': (135, 50, 175),
+    'cyan': (40, 195, 205), 'cerise': (220, 40, 125), 'white': (230, 230, 225),
+}
+
+
+def colour(name):
+    digest = hashlib.sha256(name.encode()).digest()
+    base = None
+    for word in name.split('_'):
+        if word in COLOURS:
+            base = COLOURS[word]
+        elif word[:1] in ('d', 'l') and word[1:] in COLOURS:  # dblue, lgreen
+            c = COLOURS[word[1:]]
+            base = tuple(v * 0.55 if word[0] == 'd' else v + (255 - v) * 0.45 for v in c)
+        elif word == 'bright' and base is not None:
+            base = tuple(v + (255 - v) * 0.3 for v in base)
+    if base is None:
+        # Each channel in 40..215: visible in the dark and the light levels alike.
+        return tuple(40 + d % 176 for d in digest[:3])
+    return tuple(int(min(255, max(0, v + d % 25 - 12))) for v, d in zip(base, digest))
+
+
 root, missing = sys.argv[1:]
 made = []
 for path in open(missing).read().split():
     if not path.endswith('.tga'):
         continue
-    digest = hashlib.sha256(os.path.basename(path).encode()).digest()
-    # Keep each channel in 40..215: visible in the dark and the light levels alike.
-    r, g, b = (40 + d % 176 for d in digest[:3])
+    r, g, b = colour(os.path.splitext(os.path.basename(path))[0])
     size = 1024
     # Uncompressed true-colour, 32 bits per pixel with 8 of alpha.
     header = struct.pack('<BBBHHBHHHHBB', 0, 0, 2, 0, 0, 0, 0, 0, size, size, 32, 8)

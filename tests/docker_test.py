@@ -225,13 +225,14 @@ def test_offline_source_skips_missing_blobs_and_placeholders_replace_textures(tm
     (work / 'BUILD').write_text('# lab\n')
     (work / 'assets').mkdir()
     (work / 'assets' / 'wall_d.tga').write_bytes(b'real texture')
+    (work / 'assets' / 'lg_wall_dblue_d.tga').write_bytes(b'real blue wall')
     (work / 'assets' / 'map.bsp').write_bytes(b'real map')
     _git('init', '-q', cwd=work)
     _git('add', '.', cwd=work)
     _git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'lab', cwd=work)
     bare = tmp_path / 'lab.git'
     _git('clone', '-q', '--bare', str(work), str(bare), cwd=tmp_path)
-    for name in ('wall_d.tga', 'map.bsp'):
+    for name in ('wall_d.tga', 'lg_wall_dblue_d.tga', 'map.bsp'):
         sha = subprocess.run(
             ['git', 'rev-parse', f'HEAD:assets/{name}'],
             cwd=bare,
@@ -247,7 +248,7 @@ def test_offline_source_skips_missing_blobs_and_placeholders_replace_textures(tm
     assert (lab / 'BUILD').read_text() == '# lab\n'
     assert not (lab / 'assets' / 'wall_d.tga').exists()
     missing = (tmp_path / 'build' / 'missing.txt').read_text().split()
-    assert sorted(missing) == ['assets/map.bsp', 'assets/wall_d.tga']
+    assert sorted(missing) == ['assets/lg_wall_dblue_d.tga', 'assets/map.bsp', 'assets/wall_d.tga']
 
     result = _offline('placeholders', env=env)
     assert result.returncode == 0, result.stderr
@@ -257,6 +258,11 @@ def test_offline_source_skips_missing_blobs_and_placeholders_replace_textures(tm
     assert data[2] == 2 and data[12:16] == bytes([0, 4, 0, 4]) and data[16] == 32
     pixels = np.frombuffer(data[18:], np.uint8).reshape(-1, 4)
     assert (pixels == pixels[0]).all() and pixels[0, 3] == 255
+    # A colour word in the name gives the colour (TGA pixels are BGRA): dark blue.
+    blue, green, red, _ = np.frombuffer(
+        (lab / 'assets' / 'lg_wall_dblue_d.tga').read_bytes()[18:22], np.uint8
+    )
+    assert blue > 90 and red < 40 and green < 60
     assert not (lab / 'assets' / 'map.bsp').exists()  # Maps get no placeholder.
     manifest = (lab / 'PLACEHOLDER_TEXTURES.txt').read_text()
     assert 'NOT the real visuals' in manifest and 'assets/wall_d.tga #' in manifest
