@@ -1,5 +1,6 @@
 """Tests for the command line: the original flags and defaults, config building, one-line errors."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_cli_bad_flag_values_are_one_line(tmp_path):
 
 
 def test_cli_bad_environment_or_logdir_is_one_line(tmp_path):
-    # An unknown level, an unwritable logdir and a missing DeepMind Lab; one process each.
+    # An unknown level and an unwritable logdir; one process each.
     assert_one_line_error(
         run_cli('--level_name=gym/NoSuchEnv-v0', '--network=mlp', f'--logdir={tmp_path}/a'),
         'NoSuchEnv',
@@ -171,6 +172,13 @@ def test_cli_bad_environment_or_logdir_is_one_line(tmp_path):
     assert_one_line_error(
         run_cli('--level_name=gym/CartPole-v1', f'--logdir={blocker}/sub'), 'not writable'
     )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec('deepmind_lab') is not None,
+    reason='a real deepmind_lab is installed (tests/environments_dmlab_engine_test.py covers it)',
+)
+def test_cli_missing_deepmind_lab_is_one_line(tmp_path):
     assert_one_line_error(
         run_cli('--level_name=explore_goal_locations_small', f'--logdir={tmp_path}/b'),
         'DeepMind Lab',

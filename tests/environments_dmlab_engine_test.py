@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from scalable_agent2 import config as config_lib
-from scalable_agent2 import py_process
+from scalable_agent2 import environments, py_process
 from scalable_agent2.environments import base, dmlab
 from scalable_agent2.scoring import dmlab30
 
@@ -217,3 +217,12 @@ def test_training_then_test_mode_on_a_dmlab30_level(tmp_path):
         / (dmlab30.HUMAN_SCORES[level] - dmlab30.RANDOM_SCORES[level])
     )
     assert entry['human_normalized_score'] == pytest.approx(expected)
+
+
+def test_unknown_level_is_a_one_line_usage_error():
+    with pytest.raises(dmlab.UnknownLevelError) as info:
+        environments.create_environment('Pong', config_lib.EnvironmentConfig(), 0, False)
+    message = str(info.value)
+    assert '\n' not in message and isinstance(info.value, ValueError)
+    assert "DeepMind Lab has no level 'Pong'" in message
+    assert 'Did you mean atari/pong?' in message

@@ -120,8 +120,8 @@ def make_flow_environment(
 
         try:
             raw = dmlab.DmLab(name, config, seed, is_test)
-        except dmlab.DeepMindLabNotInstalledError as e:
-            raise dmlab.DeepMindLabNotInstalledError(_dmlab_hint(name) + str(e)) from e
+        except (dmlab.DeepMindLabNotInstalledError, dmlab.UnknownLevelError) as e:
+            raise type(e)(_dmlab_hint(name) + str(e)) from e
     else:
         raise ValueError(f'Unknown suite {suite!r}')
     return FlowEnvironment(raw)

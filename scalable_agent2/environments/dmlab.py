@@ -47,6 +47,10 @@ class DeepMindLabNotInstalledError(ImportError, UsageError):
     """`deepmind_lab` cannot be imported. Also a `ValueError`, like other set-up mistakes."""
 
 
+class UnknownLevelError(UsageError):
+    """DeepMind Lab has no level of that name (its `game_scripts/levels` has no such script)."""
+
+
 class LevelCache:
     """A level cache in a local directory, as the original's `LocalLevelCache`.
 
@@ -159,6 +163,7 @@ class DmLab:
 
         Raises:
           DeepMindLabNotInstalledError: `deepmind_lab` cannot be imported.
+          UnknownLevelError: DeepMind Lab has no level `level_name`.
         """
         deepmind_lab = _import_deepmind_lab()
         self._config = config
@@ -167,12 +172,18 @@ class DmLab:
         self._level_name = full_level_name(level_name)
         level_cache = LevelCache(config.level_cache_dir) if config.level_cache_dir else None
         logging.info('Creating DeepMind Lab level %s (test: %s).', self._level_name, is_test)
-        self._env = deepmind_lab.Lab(
-            level=self._level_name,
-            observations=list(OBSERVATIONS),
-            config=lab_config(config, is_test),
-            level_cache=level_cache,
-        )
+        try:
+            self._env = deepmind_lab.Lab(
+                level=self._level_name,
+                observations=list(OBSERVATIONS),
+                config=lab_config(config, is_test),
+                level_cache=level_cache,
+            )
+        except RuntimeError as e:
+            # The engine's message names the Lua file it looked for, on several lines.
+            if 'Level not found' not in str(e):
+                raise
+            raise UnknownLevelError(f'DeepMind Lab has no level {self._level_name!r}') from e
         self._closed = False
         # Returned with `done`, when DeepMind Lab gives no observations; the caller resets.
         self._empty_observation = (
