@@ -257,7 +257,8 @@ class RestoredAgent(NamedTuple):
 
 
 def restore_agent_for_test(cfg: config.ExperimentConfig, env: Any) -> RestoredAgent:
-    """Builds the agent for `env` and restores the latest checkpoint into it; no optimizer.
+    """Builds the agent for `env` and restores a checkpoint into it (`cfg.test_checkpoint`, else
+    the latest); no optimizer.
 
     Only the agent and the frame counter are restored (the checkpoint's optimizer slots are
     left unread), so test mode and recording hold no optimizer state.
@@ -267,7 +268,7 @@ def restore_agent_for_test(cfg: config.ExperimentConfig, env: Any) -> RestoredAg
       env: an environment (or `EnvironmentSpec`) of the levels to play.
 
     Raises:
-      checkpoints.NoCheckpointError: none in `cfg.logdir`.
+      checkpoints.NoCheckpointError: none in `cfg.logdir`, or no `cfg.test_checkpoint`.
       checkpoints.IncompatibleCheckpointError: it was written by another agent.
       ValueError: a convolutional network for vector observations.
     """
@@ -280,7 +281,10 @@ def restore_agent_for_test(cfg: config.ExperimentConfig, env: Any) -> RestoredAg
     ckpt = checkpoints.Checkpointer(cfg.logdir, state, agent_spec(agent_config, obs_spec))
     ckpt.check_agent_spec()  # Before building anything that a mismatch would break.
     create_agent_variables(agent, obs_spec)
-    path = ckpt.restore_latest(required=True, partial=True)
+    if cfg.test_checkpoint:
+        path = ckpt.restore(cfg.test_checkpoint, partial=True)
+    else:
+        path = ckpt.restore_latest(required=True, partial=True)
     return RestoredAgent(
         agent_config=agent_config,
         observation_spec=obs_spec,

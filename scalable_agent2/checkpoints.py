@@ -1,4 +1,5 @@
-"""Checkpoints in the log directory: save, restore the latest, refuse incompatible ones.
+"""Checkpoints in the log directory: save, restore the latest or a named one, refuse
+incompatible ones.
 
 A `tf.train.Checkpoint` of the learner's state is managed by `tf.train.CheckpointManager`.
 Beside it, `agent_spec.json` records the agent's architecture (network, action count, ...), so a
@@ -148,7 +149,31 @@ class Checkpointer:
                 raise NoCheckpointError(f'no checkpoint found in {self._logdir}')
             return None
         self.check_agent_spec()
-        path = self._newest_intact(path)
+        return self._restore(self._newest_intact(path), partial)
+
+    def restore(self, name: str, partial: bool = False) -> str:
+        """Restores one checkpoint: `name` in logdir (e.g. 'ckpt-6000000') or a path prefix.
+
+        Unlike `restore_latest`, a corrupt checkpoint is an error, never skipped for another.
+
+        Returns:
+          The restored checkpoint's path.
+
+        Raises:
+          NoCheckpointError: there is no such checkpoint.
+          CorruptCheckpointError: it does not read back.
+          IncompatibleCheckpointError: it was written by another agent.
+        """
+        path = name if os.path.dirname(name) else os.path.join(self._logdir, name)
+        if not os.path.exists(path + '.index'):
+            raise NoCheckpointError(f'no checkpoint {path} (no {os.path.basename(path)}.index)')
+        self.check_agent_spec()
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CorruptCheckpointError(f'checkpoint {path} is corrupt: {problem}')
+        return self._restore(path, partial)
+
+    def _restore(self, path: str, partial: bool) -> str:
         saved = saved_object_names(path)
         missing = [name for name in self._defaults if name not in saved]
         checkpoint = self._checkpoint

@@ -502,6 +502,8 @@ class ExperimentConfig:
         environments (seeds `1 + env_seed_offset + j`) instead of the original's one
         environment per level, levels in order.
       record_video: in test mode, also record one episode per level as an MP4.
+      test_checkpoint: the checkpoint test mode plays, its name in `logdir` (e.g.
+        'ckpt-6000000') or a path prefix; empty: the latest.
       task, job_name: distributed mode (task -1 = single machine).
       cluster: `ClusterConfig`, addresses and behaviour of distributed mode.
       save_checkpoint_secs: seconds between checkpoints (also saved at the end and on signals).
@@ -561,6 +563,12 @@ class ExperimentConfig:
         'Test mode: also play one episode per level and write it as an MP4 of the raw frames to '
         '<logdir>/videos (file name holds the return).',
     )
+    test_checkpoint: str = flag_field(
+        '',
+        'Test mode: the checkpoint to play, its name in --logdir (e.g. ckpt-6000000) or a path '
+        'prefix; default the latest. With --max_checkpoints_to_keep large, a run can be tested '
+        'at each saved point.',
+    )
     task: int = flag_field(-1, 'Task id. Use -1 for local (single-machine) training.')
     job_name: str = flag_field(
         'learner', 'Job name. Ignored when task is set to -1.', choices=JOB_NAMES
@@ -607,6 +615,8 @@ class ExperimentConfig:
         _non_negative('intra_op_threads', self.intra_op_threads)
         _non_negative('inter_op_threads', self.inter_op_threads)
         _positive('test_num_episodes', self.test_num_episodes)
+        if self.test_checkpoint and self.mode != 'test':
+            raise UsageError('test_checkpoint is for --mode=test only')
         _positive('save_checkpoint_secs', self.save_checkpoint_secs)
         _positive('save_summaries_secs', self.save_summaries_secs)
         _positive('log_interval_secs', self.log_interval_secs)

@@ -1,4 +1,5 @@
-"""Test mode: restore the latest checkpoint and run `test_num_episodes` episodes per level.
+"""Test mode: restore the latest checkpoint (or `test_checkpoint`) and run `test_num_episodes`
+episodes per level.
 
 Environments are created with the test-mode settings (`is_test=True`: DMLab-30 test levels,
 `mixerSeed`, hold-out levels; Atari no-op starts without life-loss ends). By default the protocol
@@ -11,7 +12,8 @@ a training actor does (the core resets itself on `done`).
 
 Phases: `plan` (which level each environment plays, for how many episodes, with which seed),
 `play` (the episodes, on `workers.Workers`), `record_videos` (with `--record_video`),
-`write_results` (`<logdir>/test_results.json`).
+`write_results` (`<logdir>/test_results.json`, or `test_results.<name>.json` for a
+`test_checkpoint`).
 """
 
 import json
@@ -157,6 +159,14 @@ def suite_results(cfg: config.ExperimentConfig, level_returns: dict[str, list[fl
     return {f'{suite}_{k}': v for k, v in scores.items()}
 
 
+def results_file_name(cfg: config.ExperimentConfig) -> str:
+    """`test_results.json`, or `test_results.<name>.json` for `test_checkpoint` `<name>`, so that
+    the results of several checkpoints of one run sit side by side."""
+    if not cfg.test_checkpoint:
+        return TEST_RESULTS_FILE
+    return f'test_results.{os.path.basename(cfg.test_checkpoint)}.json'
+
+
 def write_results(
     cfg: config.ExperimentConfig,
     level_names: Sequence[str],
@@ -165,7 +175,7 @@ def write_results(
     restored: builder.RestoredAgent,
     videos: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Logs and writes `<logdir>/test_results.json`; returns what it wrote."""
+    """Logs and writes `<logdir>/<results_file_name(cfg)>`; returns what it wrote."""
     level_returns: dict[str, list[float]] = {level: [] for level in level_names}
     level_seeds: dict[str, list[int]] = {level: [] for level in level_names}
     for job, job_returns in zip(jobs, returns, strict=True):
@@ -199,7 +209,7 @@ def write_results(
     for key in sorted(scores):
         logging.info('%s: %.2f', key, scores[key])
     out.update(scores)
-    result_path = os.path.join(cfg.logdir, TEST_RESULTS_FILE)
+    result_path = os.path.join(cfg.logdir, results_file_name(cfg))
     with open(result_path + '.tmp', 'w') as f:
         json.dump(out, f, indent=2)
     os.replace(result_path + '.tmp', result_path)
@@ -208,7 +218,7 @@ def write_results(
 
 
 def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
-    """Runs test mode and writes `<logdir>/test_results.json`.
+    """Runs test mode and writes `<logdir>/test_results.json` (see `results_file_name`).
 
     Args:
       cfg: validated experiment config (mode 'test').
@@ -228,7 +238,7 @@ def evaluate(cfg: config.ExperimentConfig) -> dict[str, Any]:
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir} (no such dir)')
     builder.start_run(cfg)
     level_names = environments.expand_level_names(cfg.level_name, is_test=True)
-    if tf.train.latest_checkpoint(cfg.logdir) is None:
+    if not cfg.test_checkpoint and tf.train.latest_checkpoint(cfg.logdir) is None:
         raise checkpoints.NoCheckpointError(f'no checkpoint found in {cfg.logdir}')
 
     jobs, num_threads = plan(cfg, level_names)

@@ -59,3 +59,27 @@ def test_restore_agent_for_test_builds_no_optimizer(tmp_path):
         builder.restore_agent_for_test(fakes.cartpole_cfg(tmp_path / 'empty'), fakes.CARTPOLE_SPEC)
     with pytest.raises(checkpoints.IncompatibleCheckpointError, match='num_actions=2'):
         builder.restore_agent_for_test(cfg, fakes.CARTPOLE_SPEC._replace(num_actions=3))
+
+
+def test_restore_agent_for_test_plays_the_named_checkpoint(tmp_path):
+    cfg = fakes.cartpole_cfg(tmp_path)
+    trained = builder.set_up_training(cfg, [fakes.CARTPOLE_SPEC], ['lvl'])
+    trained.learner.num_environment_frames.assign(6)
+    trained.checkpointer.save(6)
+    at_6 = [v.numpy() for v in trained.agent.variables]
+    trained.learner.step(fakes.synthetic_batch(trained.agent))
+    trained.learner.num_environment_frames.assign(9)
+    trained.checkpointer.save(9)
+    named = dataclasses.replace(cfg, mode='test', test_checkpoint='ckpt-6').validate()
+    restored = builder.restore_agent_for_test(named, fakes.CARTPOLE_SPEC)
+    assert restored.num_environment_frames == 6 and restored.checkpoint.endswith('ckpt-6')
+    for x, y in zip(at_6, restored.agent.variables, strict=True):
+        np.testing.assert_array_equal(x, y.numpy())
+    latest = builder.restore_agent_for_test(cfg, fakes.CARTPOLE_SPEC)
+    assert latest.num_environment_frames == 9
+    with pytest.raises(checkpoints.NoCheckpointError, match='ckpt-7'):
+        builder.restore_agent_for_test(
+            dataclasses.replace(named, test_checkpoint='ckpt-7'), fakes.CARTPOLE_SPEC
+        )
+    with pytest.raises(config.UsageError, match='test_checkpoint is for --mode=test'):
+        dataclasses.replace(cfg, test_checkpoint='ckpt-6').validate()

@@ -105,3 +105,16 @@ def test_an_object_older_checkpoints_lack_gets_its_default(tmp_path):
 def test_checkpoint_state_refuses_defaults_for_unknown_objects():
     with pytest.raises(ValueError, match='not in the state'):
         checkpoints.CheckpointState({'a': tf.Variable(1.0)}, defaults={'b': lambda: None})
+
+
+def test_a_named_checkpoint_restores_by_name_or_path_and_is_never_swapped(tmp_path):
+    v, ckpt = _three_checkpoints(tmp_path)
+    assert ckpt.restore('ckpt-2').endswith('ckpt-2')
+    np.testing.assert_array_equal(v.numpy(), np.full(1000, 2, np.float32))
+    assert ckpt.restore(str(tmp_path / 'ckpt-1')).endswith('ckpt-1')
+    np.testing.assert_array_equal(v.numpy(), np.full(1000, 1, np.float32))
+    with pytest.raises(checkpoints.NoCheckpointError, match='ckpt-7'):
+        ckpt.restore('ckpt-7')
+    _garble(_data_file(tmp_path, 2))
+    with pytest.raises(checkpoints.CorruptCheckpointError, match='ckpt-2 is corrupt'):
+        ckpt.restore('ckpt-2')

@@ -145,6 +145,17 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
         evaluate.evaluate(cfg)
 
 
+def test_evaluate_plays_a_named_checkpoint_and_writes_its_own_results(tmp_path):
+    _save_cartpole_checkpoint(tmp_path, 10)
+    cfg, _ = _save_cartpole_checkpoint(tmp_path, 20)
+    cfg = dataclasses.replace(cfg, mode='test', test_num_episodes=2, test_checkpoint='ckpt-10')
+    results = evaluate.evaluate(cfg)
+    assert results['num_environment_frames'] == 10 and results['checkpoint'].endswith('ckpt-10')
+    with open(tmp_path / 'test_results.ckpt-10.json') as f:
+        assert json.load(f)['num_environment_frames'] == 10
+    assert not os.path.exists(tmp_path / evaluate.TEST_RESULTS_FILE)
+
+
 def test_evaluate_refuses_a_checkpoint_of_another_agent(tmp_path):
     cfg, _ = _save_cartpole_checkpoint(tmp_path, 10)
     # Acrobot: 3 actions and 6-dim observations instead of 2 and 4.
