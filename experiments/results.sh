@@ -17,8 +17,10 @@ case "$name" in
     test=(--flagfile=experiments/configs/pong.flags --test_num_episodes=10)
     ;;
   breakout)
-    train=(--flagfile=experiments/configs/pong.flags --level_name=atari/Breakout)
-    test=(--flagfile=experiments/configs/pong.flags --level_name=atari/Breakout --test_num_episodes=10)
+    # The batch-4 preset of 2026-12-03, which RESULTS.md's Breakout figures were measured with.
+    common=(--flagfile=experiments/configs/pong.flags --level_name=atari/Breakout --batch_size=4)
+    train=("${common[@]}" --total_environment_frames=1e7)
+    test=("${common[@]}" --test_num_episodes=10)
     ;;
   cartpole)
     common=(--level_name=gym/CartPole-v1 --network=mlp --nouse_lstm)

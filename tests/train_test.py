@@ -49,11 +49,12 @@ CARTPOLE = [
 ]
 FIRST_RUN_FRAMES = 24_000  # 150 learner steps of 8 x 20 frames.
 RANDOM_CARTPOLE_RETURN = 22.0  # Mean return of a uniformly random policy.
-# The Pong preset's first 6M frames. A uniformly random policy scores -20.5; checkpoints of three
-# seeds of the preset near 6M frames scored -11.8, -16.1 and -15.1 in test mode (RESULTS.md), so
-# the threshold sits below the slowest start seen.
-PONG_FRAMES = 6_000_000
-PONG_MIN_TEST_RETURN = -18.0
+# The Pong preset's whole budget. Its three seeds scored +20.2, +19.4 and +18.7 in test mode at
+# 20M frames (RESULTS.md); earlier budgets spread too widely across seeds to assert much (at 15M
+# the seeds were between about 0 and +18), so the test runs the full preset, with a margin of
+# twice that spread below the lowest seed.
+PONG_FRAMES = 20_000_000
+PONG_MIN_TEST_RETURN = 15.0
 
 
 def run_cli(args, timeout=300):
@@ -349,10 +350,9 @@ def test_cartpole_learns_to_a_mean_test_return_of_195(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
 def test_pong_preset_learns_from_pixels(tmp_path):
-    """A learning regression check on pixels: the first PONG_FRAMES of the Pong preset's run.
+    """A learning check on pixels: the Pong preset's run of PONG_FRAMES frames solves Pong.
 
-    The preset's learning rate decays over its own horizon, so this shorter run follows the
-    same schedule as the full one. About half an hour alone on 2 cores."""
+    About an hour alone on 2 cores."""
     args = ['--flagfile=experiments/configs/pong.flags', f'--logdir={tmp_path}']
     check_ok(
         run_cli(
