@@ -228,9 +228,9 @@ def test_atari_flag_file_sets_the_paper_atari_values(monkeypatch):
 def test_pong_and_dmlab30_flag_files(monkeypatch):
     monkeypatch.chdir(ROOT)
     pong = cli.experiment_config(parsed(f'--flagfile={_preset("pong")}'))
-    assert pong.level_name == 'atari/Pong' and pong.learner.total_environment_frames == 10**7
+    assert pong.level_name == 'atari/Pong' and pong.learner.total_environment_frames == 2 * 10**7
     assert pong.learner.max_grad_norm == 40.0 and not pong.agent.use_lstm
-    assert (pong.learner.batch_size, pong.learner.epsilon, pong.num_actors) == (4, 1e-5, 32)
+    assert (pong.learner.batch_size, pong.learner.epsilon, pong.num_actors) == (2, 1e-5, 32)
     assert pong.learner.entropy_cost == 0.002
     assert pong.learner.learning_rate_decay_frames == 2 * 10**8
     dmlab = cli.experiment_config(parsed(f'--flagfile={_preset("dmlab30")}'))
